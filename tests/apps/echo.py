@@ -1,0 +1,131 @@
+"""Fixture apps for the live tests: each is a plain PEP 3333 callable."""
+
+import hashlib
+import json
+import os
+import time
+
+
+def _environ_json(environ):
+    return {k: v for k, v in environ.items() if isinstance(v, (str, int, bool, tuple))}
+
+
+def echo(environ, start_response):
+    """The environ as JSON, plus the body's length and sha256."""
+    body = environ["wsgi.input"].read()
+    data = _environ_json(environ)
+    data["body_length"] = len(body)
+    data["body_sha256"] = hashlib.sha256(body).hexdigest()
+    data["pid"] = os.getpid()
+    out = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def upload(environ, start_response):
+    """Read the body in 64 KB pieces as it arrives; answer its length and sha256."""
+    stream = environ["wsgi.input"]
+    digest = hashlib.sha256()
+    total = 0
+    while True:
+        block = stream.read(65536)
+        if not block:
+            break
+        digest.update(block)
+        total += len(block)
+    out = json.dumps({"length": total, "sha256": digest.hexdigest()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [out]
+
+
+def big(environ, start_response):
+    """Stream ?size= bytes (default 1 MB) of a repeating pattern, in ?block= pieces."""
+    query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    size = int(query.get("size", 1 << 20))
+    block = int(query.get("block", 65536))
+    headers = [("Content-Type", "application/octet-stream")]
+    if query.get("length") == "1":
+        headers.append(("Content-Length", str(size)))
+    start_response("200 OK", headers)
+    pattern = (bytes(range(256)) * (block // 256 + 1))[:block]
+
+    def generate():
+        left = size
+        while left > 0:
+            piece = pattern[:min(block, left)]
+            left -= len(piece)
+            yield piece
+
+    return generate()
+
+
+def slow(environ, start_response):
+    """Sleep ?seconds= (default 1), then answer."""
+    query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    time.sleep(float(query.get("seconds", 1)))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"slept\n"]
+
+
+def crash(environ, start_response):
+    """Raise before the response (?when=before) or after its first block (?when=after)."""
+    when = environ["QUERY_STRING"].partition("when=")[2] or "before"
+    if when == "before":
+        raise RuntimeError("crash before the response")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def generate():
+        yield b"first part\n"
+        raise RuntimeError("crash after the response started")
+
+    return generate()
+
+
+class Closing:
+    """An iterable whose close() records itself in a file named by ?mark=."""
+
+    def __init__(self, path, blocks):
+        self.path = path
+        self.blocks = blocks
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def close(self):
+        with open(self.path, "w") as f:
+            f.write("closed")
+
+
+def closing(environ, start_response):
+    path = environ["QUERY_STRING"].partition("mark=")[2]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Closing(path, [b"a", b"b"])
+
+
+def router(environ, start_response):
+    """Route /echo, /upload, /big, /slow, /crash, /closing, /write, and / (hello)."""
+    path = environ["PATH_INFO"]
+    for name, app in (("/echo", echo), ("/upload", upload), ("/big", big), ("/slow", slow),
+                      ("/crash", crash), ("/closing", closing), ("/write", write_app),
+                      ("/status", status_app)):
+        if path.startswith(name):
+            return app(environ, start_response)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"Hello, world!\n"]
+
+
+def write_app(environ, start_response):
+    """Use the legacy write() callable, then return more blocks."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written ")
+    return [b"returned\n"]
+
+
+def status_app(environ, start_response):
+    """Answer the status in ?code= with a short body."""
+    code = environ["QUERY_STRING"].partition("code=")[2] or "204"
+    reasons = {"204": "No Content", "304": "Not Modified", "404": "Not Found",
+               "500": "Internal Server Error"}
+    start_response(f"{code} {reasons.get(code, 'Whatever')}", [("Content-Type", "text/plain")])
+    return [b"body"]

@@ -1,0 +1,181 @@
+"""The command lines of every entry point, built from the settings registry.
+
+``python -m wsgi_zmq APP`` (``main_all``), ``python -m wsgi_zmq.front`` (``main_front``) and
+``python -m wsgi_zmq.handler APP`` (``main_handler``) each offer exactly the settings whose
+``roles`` name them, grouped by section. Values are applied in this order, each overriding
+the one before: the defaults, the config file (``-c FILE``), the environment variable
+``WSGI_ZMQ_CMD_ARGS`` (parsed like a command line), the command line.
+
+Exit codes (``wsgi_zmq.errors``): 0 stopped on request, 1 failed at run time, 2 bad
+configuration (one line on stderr names the problem), 3 a worker failed to boot.
+
+This module imports neither gevent nor zmq: the front and the workers import what they need
+after the fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shlex
+import sys
+import types
+from typing import Any, NoReturn
+
+from wsgi_zmq import __version__
+from wsgi_zmq import log as wlog
+from wsgi_zmq.config import REGISTRY, SECTIONS, Config, settings_for
+from wsgi_zmq.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+
+ENV_ARGS = "WSGI_ZMQ_CMD_ARGS"
+
+PROGRAMS = {
+    "all": ("python -m wsgi_zmq", "Run an HTTP front and a handler pool for APP together."),
+    "front": ("python -m wsgi_zmq.front", "Run the HTTP front and broker alone."),
+    "handler": ("python -m wsgi_zmq.handler", "Run a pool of handler workers for APP."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"Error: {message}\n")
+
+
+def build_parser(role: str) -> argparse.ArgumentParser:
+    """The argparse parser of one entry point; every default is SUPPRESS so that only what
+    was given is applied over the config file."""
+    prog, description = PROGRAMS[role]
+    parser = _Parser(prog=prog, description=description,
+                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"wsgi_zmq {__version__}")
+    if role in ("all", "handler"):
+        parser.add_argument("app", nargs="?", metavar="APP",
+                            help="the WSGI application, MODULE:CALLABLE")
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for setting in settings_for(role):
+        if not setting.cli:
+            continue
+        group = groups[setting.section]
+        kwargs: dict[str, Any] = {"dest": setting.name, "help": setting.short_help()}
+        if setting.action == "flag":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = setting.meta or "VALUE"
+            if setting.action == "append":
+                kwargs["action"] = "append"
+        group.add_argument(*setting.cli, **kwargs)
+    return parser
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Execute a Python config file and return its settings (public, non-module names)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"Config file {path!r} not found")
+    try:
+        namespace = runpy.run_path(path)
+    except Exception as exc:
+        raise ConfigError(f"Config file {path!r} failed to load: {exc!r}") from exc
+    return {name: value for name, value in namespace.items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+
+
+def apply_file(cfg: Config, values: dict[str, Any], path: str) -> None:
+    for name, value in values.items():
+        if cfg.accepts(name):
+            cfg.set(name, value)
+        elif name not in REGISTRY and not callable(value):
+            wlog.get_logger("config").warning("Unknown setting %r in %s: ignored", name, path)
+            print(f"Warning: unknown setting {name!r} in {path}: ignored", file=sys.stderr)
+
+
+def apply_args(cfg: Config, namespace: argparse.Namespace) -> None:
+    for name, value in vars(namespace).items():
+        if name == "app":
+            if value is not None:
+                cfg.set("wsgi_app", value)
+        else:
+            cfg.set(name, value)
+
+
+def load_config(role: str, argv: list[str] | None = None) -> Config:
+    """Parse the command line, the environment and the config file into a ``Config``."""
+    parser = build_parser(role)
+    args = parser.parse_args(argv)
+    env_args = argparse.Namespace()
+    if os.environ.get(ENV_ARGS):
+        env_args = parser.parse_args(shlex.split(os.environ[ENV_ARGS]))
+    cfg = Config(role)
+    path = getattr(args, "config", None) or getattr(env_args, "config", None)
+    if path:
+        apply_file(cfg, read_config_file(path), path)
+    apply_args(cfg, env_args)
+    apply_args(cfg, args)
+    return cfg
+
+
+def print_config(cfg: Config) -> None:
+    for name, value in cfg.printable():
+        print(f"{name:<28} = {value!r}")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+def _prepare(role: str, argv: list[str] | None) -> Config:
+    try:
+        cfg = load_config(role, argv)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if cfg.print_config:
+        print_config(cfg)
+        sys.exit(EXIT_OK)
+    wlog.setup(cfg)
+    return cfg
+
+
+def _check_app(cfg: Config) -> str:
+    """The app URI, imported once here when ``--check-config`` asks for it."""
+    uri = cfg.wsgi_app
+    if not uri:
+        _fail("No application given: pass MODULE:CALLABLE or set wsgi_app in the config file")
+    if cfg.check_config:
+        from wsgi_zmq.handler.wsgi import import_app
+        try:
+            import_app(uri)
+        except ConfigError as exc:
+            wlog.get_logger("config").debug("Traceback", exc_info=exc.__cause__)
+            _fail(str(exc))
+        sys.exit(EXIT_OK)
+    return str(uri)
+
+
+def main_front(argv: list[str] | None = None) -> NoReturn:
+    """``python -m wsgi_zmq.front``"""
+    cfg = _prepare("front", argv)
+    if cfg.check_config:
+        sys.exit(EXIT_OK)
+    from wsgi_zmq.front.server import serve
+    sys.exit(serve(cfg))
+
+
+def main_handler(argv: list[str] | None = None) -> NoReturn:
+    """``python -m wsgi_zmq.handler APP``"""
+    cfg = _prepare("handler", argv)
+    uri = _check_app(cfg)
+    from wsgi_zmq.arbiter import Arbiter
+    sys.exit(Arbiter(cfg, uri, endpoints=cfg.connect).run())
+
+
+def main_all(argv: list[str] | None = None) -> NoReturn:
+    """``python -m wsgi_zmq APP``"""
+    cfg = _prepare("all", argv)
+    uri = _check_app(cfg)
+    from wsgi_zmq.arbiter import Arbiter
+    try:
+        status = Arbiter(cfg, uri, front=True).run()
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(status)

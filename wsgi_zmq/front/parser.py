@@ -1,0 +1,316 @@
+"""The front's HTTP/1.1 request parser: sans-IO, on top of httptools (llhttp).
+
+``RequestParser.feed(data)`` takes bytes as they come off a socket, in any fragmentation,
+and calls its sink: ``on_request(head)`` when a request head is complete,
+``on_body(data)`` for each piece of (de-chunked) body, ``on_request_end()`` when the
+message is complete. Pipelined requests simply produce more calls. Anything the front must
+refuse raises an ``HTTPError`` that carries its status; after one the connection is closed,
+because the rest of the stream cannot be trusted (RFC 9112 section 9.6).
+
+llhttp does the grammar (RFC 9112 sections 2-7): it rejects a bare LF, whitespace before a
+colon (section 5.1), obs-fold (section 5.2), NUL, CR or LF in a field value, a
+``Content-Length`` that is not ``1*DIGIT`` or repeats with another value (section 6.3),
+``Content-Length`` beside ``Transfer-Encoding`` (section 6.3: smuggling), and a bad
+chunk size. This module adds what llhttp leaves to the server:
+
+- limits, each configurable: request line (414), number of fields and size of one field
+  (431), body size (413);
+- ``Host`` exactly once in an HTTP/1.1 request (RFC 9112 section 3.2: else 400);
+- ``Transfer-Encoding`` only in HTTP/1.1 (section 6.1: else 400) and only ``chunked``
+  (section 6.1: a coding we do not understand gets 501);
+- a major version other than 1 gets 505; ``CONNECT`` gets 501 (we are no proxy); an
+  ``Expect`` other than ``100-continue`` gets 417 (RFC 9110 section 10.1.1);
+- ``Upgrade`` is ignored (RFC 9110 section 7.8 allows it) and the request served as plain
+  HTTP/1.1, including a ``Content-Length`` body that llhttp leaves unparsed on upgrade.
+
+Trailer fields of a chunked body are counted against the limits and dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Protocol
+
+import httptools
+
+from wsgi_zmq.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeaderFieldsTooLarge,
+    HTTPError,
+    NotImplemented_,
+    PayloadTooLarge,
+    URITooLong,
+    VersionNotSupported,
+)
+
+# RFC 9110 section 5.6.2: token = 1*tchar
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+_HOST: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_EXPECT: Final = 3
+_CONTENT_LENGTH: Final = 4
+_UPGRADE: Final = 5
+_SPECIAL: Final = {b"host": _HOST, b"transfer-encoding": _TRANSFER_ENCODING,
+                   b"expect": _EXPECT, b"content-length": _CONTENT_LENGTH,
+                   b"upgrade": _UPGRADE}
+
+
+class Limits:
+    """The size limits the parser enforces. ``body`` 0 means no limit."""
+
+    __slots__ = ("request_line", "fields", "field_size", "body")
+
+    def __init__(self, request_line: int = 8190, fields: int = 100, field_size: int = 8190,
+                 body: int = 0) -> None:
+        self.request_line = request_line
+        self.fields = fields
+        self.field_size = field_size
+        self.body = body
+
+
+class RequestHead:
+    """A parsed request head. ``headers`` is flat: name, value, name, value, ... as received.
+
+    ``content_length`` is -1 when the request declares none; ``chunked`` says the body is
+    chunked; ``expect_continue`` says the client waits for ``100 Continue``.
+    """
+
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "chunked",
+                 "content_length", "expect_continue")
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: list[bytes]
+    keep_alive: bool
+    chunked: bool
+    content_length: int
+    expect_continue: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+
+class RequestSink(Protocol):
+    """What the parser calls. Exceptions raised here propagate out of ``feed``."""
+
+    def on_request(self, head: RequestHead) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_request_end(self) -> None: ...
+
+
+class RequestParser:
+    """Parse a stream of HTTP/1.1 requests into sink calls; see the module docstring."""
+
+    __slots__ = ("sink", "limits", "_parser", "_url", "_headers", "_fields", "_host_count",
+                 "_te", "_expect", "_length", "_upgrade", "_in_head", "_line", "_body_bytes",
+                 "_raw_body", "_head", "_finished")
+
+    def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
+        self.sink = sink
+        self.limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._raw_body = 0  # bytes of an upgrade request's body llhttp left to us
+        self._head: RequestHead | None = None
+        self._finished = False  # a request that ends the connection was parsed
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list[bytes] = []
+        self._fields = 0
+        self._host_count = 0
+        self._te: bytes | None = None
+        self._expect: bytes | None = None
+        self._length = -1
+        self._upgrade = False
+        self._in_head = True
+        self._line = 0
+        self._body_bytes = 0
+
+    @property
+    def idle(self) -> bool:
+        """True between requests: nothing of a next request has been received yet."""
+        return self._in_head and self._line == 0 and not self._url and not self._fields
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raise ``HTTPError`` (with its status) if the stream is refused.
+
+        Bytes after a request that ends the connection (HTTP/1.0 without keep-alive,
+        ``Connection: close``) are ignored: the connection closes after its response.
+        """
+        if self._finished:
+            return
+        if self._raw_body:
+            data = self._feed_raw_body(data)
+            if not data:
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise BadRequest(str(exc)) from None
+        except httptools.HttpParserInvalidMethodError:
+            method = data.split(b" ", 1)[0] if self.idle else b""
+            if _TOKEN.fullmatch(method):
+                raise NotImplemented_("Method not implemented") from None
+            raise BadRequest("Invalid method") from None
+        except httptools.HttpParserInvalidURLError:
+            raise BadRequest("Invalid request target") from None
+        except httptools.HttpParserUpgrade as exc:
+            self._after_upgrade(data, exc.args[0])
+            return
+        except httptools.HttpParserError as exc:
+            if self._finished:
+                return
+            raise BadRequest(str(exc) or "Malformed request") from None
+        if self._in_head:
+            self._track_line(data)
+
+    def _track_line(self, data: bytes) -> None:
+        # httptools accumulates a partial header field without limit; bound the line in
+        # progress here, once per feed. A long URL is refused by on_url (414) before this
+        # can see it, so an over-long line is a header field (431).
+        newline = data.rfind(b"\n")
+        self._line = self._line + len(data) if newline < 0 else len(data) - newline - 1
+        limits = self.limits
+        longest = limits.field_size if self._fields else max(limits.field_size,
+                                                              limits.request_line + 32)
+        if self._line > longest + 2:
+            raise HeaderFieldsTooLarge(f"Header field longer than {limits.field_size} bytes")
+
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
+        # llhttp pauses after an Upgrade request's head (skipping its body) or after a
+        # CONNECT. We decline the upgrade: a fresh parser takes the bytes that follow.
+        head = self._head
+        self._parser = httptools.HttpRequestParser(self)
+        self._reset()
+        rest = data[offset:]
+        if head is not None and head.content_length > 0:
+            self._raw_body = head.content_length
+            rest = self._feed_raw_body(rest)
+        if rest:
+            self.feed(rest)
+
+    def _feed_raw_body(self, data: bytes) -> bytes:
+        take = min(self._raw_body, len(data))
+        if take:
+            self._raw_body -= take
+            self.sink.on_body(data[:take])
+        if not self._raw_body:
+            self.sink.on_request_end()
+        return data[take:]
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.request_line:
+            raise URITooLong(f"Request line longer than {self.limits.request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self.limits.fields:
+            raise HeaderFieldsTooLarge(f"More than {self.limits.fields} header fields")
+        if len(name) + len(value) + 1 > self.limits.field_size:
+            raise HeaderFieldsTooLarge(f"Header field longer than {self.limits.field_size} "
+                                       "bytes")
+        if not self._in_head:
+            return  # a trailer field: counted, then dropped
+        special = _SPECIAL.get(name.lower())
+        if special is not None:
+            if special == _HOST:
+                self._host_count += 1
+            elif special == _TRANSFER_ENCODING:
+                self._te = value if self._te is None else self._te + b"," + value
+            elif special == _CONTENT_LENGTH:
+                self._length = int(value)  # llhttp has checked it is 1*DIGIT
+            elif special == _EXPECT:
+                self._expect = value
+            else:
+                self._upgrade = True
+        self._headers.append(name)
+        self._headers.append(value)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version[:2] != "1.":
+            raise VersionNotSupported(f"HTTP/{version} is not supported")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise NotImplemented_("CONNECT is not supported")
+        if version != "1.0" and self._host_count != 1:
+            raise BadRequest("Missing Host header" if not self._host_count
+                             else "More than one Host header")
+        chunked = False
+        if self._te is not None:
+            if version == "1.0":
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+            if self._te.strip().lower() != b"chunked":
+                raise NotImplemented_("Only the chunked transfer coding is supported")
+            chunked = True
+        limit = self.limits.body
+        if limit and self._length > limit:
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+        expect = False
+        if self._expect is not None:
+            if self._expect.strip().lower() != b"100-continue":
+                raise ExpectationFailed("Only 100-continue is supported")
+            expect = version != "1.0"
+        head = RequestHead()
+        head.method = method
+        head.target = self._url
+        head.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/" + version.encode()
+        head.headers = self._headers
+        head.keep_alive = parser.should_keep_alive()
+        head.chunked = chunked
+        head.content_length = self._length
+        head.expect_continue = expect
+        self._in_head = False
+        self._line = 0
+        self._head = head
+        if self._upgrade and chunked:
+            raise BadRequest("Upgrade with a chunked body is not supported")
+        self.sink.on_request(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        limit = self.limits.body
+        if limit and self._body_bytes > limit:
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+        self.sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        head = self._head
+        self._in_head = True
+        self._line = 0
+        self._url = b""
+        self._fields = 0
+        if head is not None and not head.keep_alive:
+            self._finished = True
+        if self._upgrade and head is not None and head.content_length > 0:
+            return  # llhttp skipped the body; _after_upgrade reads it and ends the request
+        self.sink.on_request_end()
+
+
+def request_is_idempotent(method: bytes) -> bool:
+    """RFC 9110 section 9.2.2: may the request be sent again after a failure?"""
+    return method in _IDEMPOTENT
+
+
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+__all__ = ["HTTPError", "Limits", "RequestHead", "RequestParser", "RequestSink",
+           "request_is_idempotent"]

@@ -1,0 +1,568 @@
+"""The HTTP/1.1 front on gevent's event loop: accept, parse, dispatch, stream back.
+
+Usage::
+
+    python -m wsgi_zmq.front --bind 127.0.0.1:8000 --backend tcp://127.0.0.1:5556
+
+The hot path runs as callbacks of the gevent (libev) loop, not as greenlets: a readable
+socket is read once and fed to the parser; a completed request is encoded into one REQUEST
+record and handed to the ``Dispatcher``, which batches the records of the loop iteration;
+replies are written by the dispatcher's callback straight to the client socket. Measured in
+``../shared/DESIGN.md`` ("Where the time goes"), this is what halves the front's CPU per
+request against a greenlet per connection.
+
+A connection serves its requests one at a time, in order (pipelined requests wait, parsed,
+until the response before them is complete). Memory per connection is bounded:
+
+- while a request body streams to a worker, the connection reads only while the worker has
+  granted credit (``window`` chunks of at most ``chunk_size``); otherwise the client's
+  TCP window fills and the client waits;
+- a response chunk is acknowledged to the worker only once it is wholly in the kernel, so a
+  slow reader holds at most ``window`` chunks here;
+- a pipelined request is parsed from data already read, and reading stops until it is
+  served.
+
+``TCP_NODELAY`` is set on every connection: a head and body written in separate sends would
+otherwise wait for the client's delayed ACK (40 ms on Linux) on keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import gevent
+import gevent.event
+import zmq
+
+from wsgi_zmq import protocol
+from wsgi_zmq.config import bind_addresses
+from wsgi_zmq.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    ConfigError,
+    HTTPError,
+    RequestTimeout,
+    render_error,
+)
+from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
+from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
+from wsgi_zmq.log import reopen as reopen_logs
+from wsgi_zmq.protocol import (
+    END_ABORT,
+    END_CLOSE,
+    REQ_BODY_COMPLETE,
+    REQ_CHUNKED,
+    REQ_EXPECT,
+    REQ_KEEP_ALIVE,
+    RESP_CLOSE,
+    RESP_END,
+)
+
+log = logging.getLogger("wsgi_zmq.error.front")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RESPONSE_DATA = protocol.RESPONSE_HEAD.size
+_ACCEPT_BATCH = 64
+_READ, _WRITE = 1, 2
+_encode_request = protocol.encode_request
+
+
+class HttpExchange(Exchange):
+    """An exchange owned by an HTTP connection: the request head and its unsent body."""
+
+    __slots__ = ("head", "pending", "request_done", "continue_sent")
+
+    def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
+        super().__init__(rid, sink)
+        self.head = head
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.request_done = False
+        self.continue_sent = False
+
+
+class Connection:
+    """One client connection: the parser's sink and the dispatcher's sink."""
+
+    __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener",
+                 "parser", "reader", "writer", "reading", "current", "parsing", "pipeline",
+                 "out", "closing", "closed", "last_active", "head_started", "write_stalled",
+                 "refusal")
+
+    def __init__(self, server: FrontServer, sock: socket.socket, remote: Any,
+                 listener: Listener) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        if isinstance(remote, tuple):
+            self.remote_addr = remote[0].encode("latin-1")
+            self.remote_port = remote[1]
+        else:
+            self.remote_addr, self.remote_port = b"", 0
+        self.listener = listener
+        self.parser = RequestParser(self, server.limits)
+        loop = server.loop
+        self.reader = loop.io(self.fd, _READ)
+        self.writer: Any = None
+        self.reading = False
+        self.current: HttpExchange | None = None   # the request being answered
+        self.parsing: HttpExchange | None = None   # the request whose body is being read
+        self.pipeline: collections.deque[HttpExchange] = collections.deque()
+        self.out: collections.deque[tuple[memoryview, HttpExchange | None]] = \
+            collections.deque()
+        self.closing = False
+        self.closed = False
+        self.last_active = loop.now()
+        self.head_started = 0.0
+        self.write_stalled = 0.0
+        self.refusal: HTTPError | None = None  # answered once the requests before it are
+        self._set_reading(True)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _set_reading(self, on: bool) -> None:
+        if on != self.reading and not self.closed:
+            self.reading = on
+            if on:
+                self.reader.start(self._on_readable)
+            else:
+                self.reader.stop()
+
+    def _update_reading(self) -> None:
+        parsing = self.parsing
+        if self.closing or self.refusal is not None:
+            want = False
+        elif parsing is None:
+            want = not self.pipeline
+        else:
+            want = (parsing is self.current and parsing.worker is not None
+                    and not parsing.pending and parsing.body_credit > 0)
+        self._set_reading(want)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(self.server.chunk_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()  # the client closed; an unfinished exchange is cancelled
+            return
+        server = self.server
+        self.last_active = server.loop.now()
+        if not self.head_started and self.parser.idle:
+            self.head_started = self.last_active
+        try:
+            self.parser.feed(data)
+        except HTTPError as exc:
+            self._refuse(exc)
+            return
+        current = self.current
+        if current is not None and current.worker is None and not current.record:
+            self._dispatch(current)
+        self._update_reading()
+
+    # -- parser sink ------------------------------------------------------------------------
+
+    def on_request(self, head: RequestHead) -> None:
+        self.head_started = 0.0
+        ex = HttpExchange(self.server.dispatcher.new_rid(), self, head)
+        self.parsing = ex
+        if self.current is None:
+            self.current = ex
+        else:
+            self.pipeline.append(ex)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex.worker is not None and not ex.pending and ex.body_credit > 0 and not ex.finished:
+            self.server.dispatcher.send_body(ex, data)
+        else:
+            ex.pending.append(data)
+
+    def on_request_end(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        self.parsing = None
+        ex.request_done = True
+        if ex.worker is not None and not ex.pending and not ex.finished:
+            self.server.dispatcher.end_body(ex)
+
+    # -- dispatching ------------------------------------------------------------------------
+
+    def _dispatch(self, ex: HttpExchange) -> None:
+        head = ex.head
+        flags = REQ_KEEP_ALIVE if head.keep_alive else 0
+        body = b""
+        if ex.request_done:
+            flags |= REQ_BODY_COMPLETE
+            if ex.pending:
+                body = b"".join(ex.pending)
+                ex.pending.clear()
+        else:
+            ex.body_complete = False
+            if ex.pending:
+                body = ex.pending.popleft()
+            elif head.expect_continue:
+                flags |= REQ_EXPECT
+                ex.expect = True
+            if head.chunked:
+                flags |= REQ_CHUNKED
+        ex.replayable = ex.request_done and request_is_idempotent(head.method)
+        listener = self.listener
+        server = self.server
+        ex.record = _encode_request(
+            ex.rid, flags, head.method, head.target, head.version, self.remote_addr,
+            self.remote_port, listener.server_name, listener.port, listener.scheme,
+            head.headers, server.window, body)
+        server.dispatcher.submit(ex)
+
+    def on_body_credit(self, ex: Exchange, count: int) -> None:
+        assert isinstance(ex, HttpExchange)
+        if ex.expect and not ex.continue_sent and ex.body_credit > 0:
+            ex.continue_sent = True
+            self._write(_CONTINUE)
+        dispatcher = self.server.dispatcher
+        pending = ex.pending
+        while pending and ex.body_credit > 0:
+            dispatcher.send_body(ex, pending.popleft())
+        if ex.request_done and not pending and ex.worker is not None:
+            dispatcher.end_body(ex)
+        if ex is self.parsing:
+            self._update_reading()
+
+    # -- dispatcher sink ----------------------------------------------------------------------
+
+    def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
+        self._write(memoryview(payload)[_RESPONSE_DATA:])
+        if flags & RESP_END:
+            self._response_done(ex, flags & RESP_CLOSE)
+
+    def on_chunk(self, ex: Exchange, data: bytes) -> None:
+        self._write(data, ex)  # type: ignore[arg-type]
+
+    def on_end(self, ex: Exchange, flags: int, tail: bytes) -> None:
+        if flags & END_ABORT:
+            log.info("Worker aborted the response to %s; cutting the connection",
+                     self.remote_addr.decode("latin-1"))
+            self.close()
+            return
+        if tail:
+            self._write(tail)
+        self._response_done(ex, flags & END_CLOSE)
+
+    def on_failure(self, ex: Exchange, error: HTTPError) -> None:
+        if self.closed:
+            return
+        if ex.started or ex is not self.current:
+            # the head is out: a complete-looking wrong answer is worse than a cut
+            self.close()
+            return
+        assert isinstance(ex, HttpExchange)
+        if error.status >= 500:
+            log.warning("%d for %s %s: %s", error.status, ex.head.method.decode("latin-1"),
+                        ex.head.target.decode("latin-1")[:200], error.detail)
+        close = error.close or not ex.request_done
+        self.server.dispatcher.cancel(ex)
+        version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
+        self._write(render_error(error.status, error.reason, error.detail, close,
+                                 error.headers, version))
+        self._response_done(ex, close)
+
+    def _refuse(self, error: HTTPError) -> None:
+        """The parser refused the stream: answer the requests before the bad one, then
+        answer the error and close (RFC 9112 section 9.6)."""
+        log.debug("Refused a request from %s: %d %s", self.remote_addr.decode("latin-1"),
+                  error.status, error.detail)
+        self.refusal = error
+        self._set_reading(False)
+        broken, self.parsing = self.parsing, None  # its body can no longer be read
+        if broken is not None:
+            if broken is self.current:
+                if broken.started:
+                    self.close()
+                    return
+                self.server.dispatcher.cancel(broken)
+                self.current = None
+            else:
+                self.pipeline.remove(broken)
+        if self.current is None:
+            self._close_after(error.render())
+
+    def _response_done(self, ex: Exchange, close: int) -> None:
+        assert isinstance(ex, HttpExchange)
+        self.current = None
+        self.last_active = self.server.loop.now()
+        if close or self.closing or not ex.head.keep_alive or not ex.request_done:
+            self._close_after(b"")
+        elif self.pipeline:
+            nxt = self.current = self.pipeline.popleft()
+            self._dispatch(nxt)
+            self._update_reading()
+        elif self.refusal is not None:
+            self._close_after(self.refusal.render())
+        else:
+            self._update_reading()
+
+    def _close_after(self, data: bytes) -> None:
+        """Write ``data``, then close once everything buffered is out."""
+        self.closing = True
+        self.pipeline.clear()
+        self.parsing = None
+        self._set_reading(False)
+        if data:
+            self._write(data)
+        if not self.out:
+            self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes | memoryview, credit: HttpExchange | None = None) -> None:
+        if self.closed:
+            return
+        if not self.out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent == len(data):
+                if credit is not None:
+                    self.server.dispatcher.grant(credit, 1)
+                return
+            data = memoryview(data)[sent:]
+            if self.writer is None:
+                self.writer = self.server.loop.io(self.fd, _WRITE)
+            self.writer.start(self._on_writable)
+            self.write_stalled = self.server.loop.now()
+        self.out.append((memoryview(data), credit))
+
+    def _on_writable(self) -> None:
+        out = self.out
+        dispatcher = self.server.dispatcher
+        while out:
+            data, credit = out[0]
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            self.write_stalled = self.server.loop.now()
+            if sent < len(data):
+                out[0] = (data[sent:], credit)
+                return
+            out.popleft()
+            if credit is not None:
+                dispatcher.grant(credit, 1)
+        self.writer.stop()
+        self.write_stalled = 0.0
+        if self.closing and self.current is None:
+            self.close()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close now: stop the watchers, cancel what a worker still holds for us."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reader.stop()
+        if self.writer is not None:
+            self.writer.stop()
+        dispatcher = self.server.dispatcher
+        if self.current is not None:
+            dispatcher.cancel(self.current)
+            self.current = None
+        self.pipeline.clear()
+        self.out.clear()
+        self.server.connections.discard(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def check_timeouts(self, now: float, keepalive: float, request_timeout: float) -> None:
+        """Close an idle keep-alive connection, a slow request head, a stalled reader."""
+        if self.write_stalled and now - self.write_stalled > request_timeout:
+            log.info("Closing a connection from %s: the client stopped reading",
+                     self.remote_addr.decode("latin-1"))
+            self.close()
+        elif self.current is None and not self.out:
+            if self.head_started:
+                if now - self.head_started > request_timeout:
+                    self._refuse(RequestTimeout("The request head took too long"))
+            elif now - self.last_active > keepalive:
+                self.close()
+
+
+class Listener:
+    """A listening TCP socket and what the environ needs to know of it."""
+
+    def __init__(self, server: FrontServer, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.server = server
+        bound = sock.getsockname()
+        self.host: str = bound[0]
+        self.port: int = bound[1]
+        self.server_name = self.host.encode("latin-1")
+        self.scheme = b"http"
+        self.url = (f"http://[{self.host}]:{self.port}" if sock.family == socket.AF_INET6
+                    else f"http://{self.host}:{self.port}")
+        self.watcher = server.loop.io(sock.fileno(), _READ)
+
+    def start(self) -> None:
+        self.watcher.start(self._on_acceptable)
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.sock.close()
+
+    def _on_acceptable(self) -> None:
+        server = self.server
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, remote = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("Cannot accept a connection: %s", exc)
+                    return
+                if exc.errno == errno.EBADF:
+                    return
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            server.connections.add(Connection(server, sock, remote, self))
+
+
+class FrontServer:
+    """The front process: listeners, connections, the dispatcher, and its lifecycle."""
+
+    def __init__(self, cfg: Any, sockets: list[socket.socket] | None = None) -> None:
+        self.cfg = cfg
+        self.loop = gevent.get_hub().loop
+        self.limits = Limits(cfg.limit_request_line, cfg.limit_request_fields,
+                             cfg.limit_request_field_size, cfg.limit_request_body)
+        self.chunk_size: int = cfg.chunk_size
+        self.window: int = cfg.window
+        self.connections: set[Connection] = set()
+        if sockets is None:
+            sockets = [listen(host, port, cfg.backlog) for host, port in bind_addresses(cfg)]
+        self.listeners = [Listener(self, sock) for sock in sockets]
+        self.dispatcher = Dispatcher(cfg, self.loop)
+        tick = min(1.0, cfg.keepalive / 2, cfg.request_timeout / 4)
+        self._timer = self.loop.timer(tick, tick)
+        self.stopped = gevent.event.Event()
+        self.draining = False
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            listener.start()
+        self._timer.start(self._on_tick)
+        log.info("Listening at: %s (%d)", ",".join(lst.url for lst in self.listeners),
+                 os.getpid())
+        log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
+
+    def _on_tick(self) -> None:
+        now = self.loop.now()
+        keepalive = self.cfg.keepalive
+        timeout = self.cfg.request_timeout
+        for conn in list(self.connections):
+            conn.check_timeouts(now, keepalive, timeout)
+        if self.draining and not any(c.current for c in self.connections):
+            self.stopped.set()
+
+    def drain(self) -> None:
+        """Stop accepting; finish the requests in progress (``TERM``)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("Draining: %d connection(s) open", len(self.connections))
+        for listener in self.listeners:
+            listener.stop()
+        for conn in list(self.connections):
+            if conn.current is None:
+                conn.close()
+            else:
+                conn.closing = True
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        self._timer.stop()
+        for conn in list(self.connections):
+            conn.close()
+        for listener in self.listeners:
+            if not self.draining:
+                listener.stop()
+        self.dispatcher.flush()
+        self.dispatcher.close()
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """Bind and listen on ``host:port``; raise ``ConfigError`` with one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Cannot listen at {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def serve(cfg: Any, listeners: list[socket.socket] | None = None,
+          report_fd: int | None = None) -> int:
+    """Run a front until ``TERM`` (drain within ``graceful_timeout``) or ``INT``/``QUIT``.
+
+    ``listeners`` are sockets already bound by a supervisor; ``report_fd`` receives one JSON
+    line with the backend endpoints really bound. Returns the exit status.
+    """
+    try:
+        server = FrontServer(cfg, listeners)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except zmq.ZMQError as exc:
+        log.error("Cannot bind the backend %s: %s", ",".join(cfg.backend), exc)
+        return EXIT_CONFIG
+    server.start()
+    if report_fd is not None:
+        os.write(report_fd, json.dumps({"backend": server.dispatcher.endpoints}).encode()
+                 + b"\n")
+        os.close(report_fd)
+
+    def on_term() -> None:
+        server.drain()
+        gevent.spawn_later(cfg.graceful_timeout, server.stop)
+
+    gevent.signal_handler(signal.SIGTERM, on_term)
+    gevent.signal_handler(signal.SIGINT, server.stop)
+    gevent.signal_handler(signal.SIGQUIT, server.stop)
+    gevent.signal_handler(signal.SIGUSR1, reopen_logs)
+    try:
+        server.stopped.wait()
+    finally:
+        server.close()
+        log.info("Front stopped (%d)", os.getpid())
+    return EXIT_OK

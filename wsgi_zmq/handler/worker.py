@@ -1,0 +1,456 @@
+"""A handler worker process: connects to every front, takes requests by credit, runs the app.
+
+Usage (the arbiter does this after the fork)::
+
+    worker = SyncWorker(cfg, app, age=1, ppid=os.getppid())
+    worker.init_process()        # zmq context, sockets, signals: in the child only
+    worker.run()                 # until TERM (drain) or INT/QUIT (stop now)
+
+The sync worker serves one request at a time. It has one DEALER per front endpoint
+(``--connect``), and on every (re)connection announces READY with ``capacity`` and its
+body ``window``; a socket monitor tells it when a connection is made or lost, so a front
+that restarts gets a READY again, and the requests of a lost front are abandoned (their
+replies would go to a front that never asked).
+
+Replies are batched: records produced while the worker drains its queue leave as one frame
+per front, flushed when the queue is empty, after ``_BATCH_REQUESTS`` replies, or after
+``_BATCH_SECONDS`` of app time, so a slow request does not hold back the replies of the fast
+ones before it. Before the worker blocks (waiting for body or credit), it flushes.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from wsgi_zmq import protocol
+from wsgi_zmq.errors import ProtocolError
+from wsgi_zmq.handler.environ import build_environ
+from wsgi_zmq.handler.wsgi import BodyInput, FileWrapper, serve_request
+from wsgi_zmq.protocol import (
+    BODY,
+    CANCEL,
+    CHUNK,
+    CREDIT,
+    END,
+    END_ABORT,
+    HEARTBEAT,
+    REQ_BODY_COMPLETE,
+    REQ_EXPECT,
+    REQUEST,
+)
+
+log = logging.getLogger("wsgi_zmq.error.worker")
+
+_BATCH_REQUESTS = 64
+_BATCH_SECONDS = 0.002
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_NOBLOCK = zmq.NOBLOCK
+_zmq_Again = zmq.Again
+
+
+class ClientDisconnected(OSError):
+    """Raised from ``wsgi.input`` when the front cancelled the request mid-body."""
+
+
+class Front:
+    """The worker's connection to one front's backend endpoint."""
+
+    __slots__ = ("endpoint", "sock", "monitor", "outbox", "requests", "generation",
+                 "connected", "released")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]
+                 ) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self.monitor = monitor
+        self.outbox: list[bytes] = []
+        self.requests: dict[int, Request] = {}
+        self.generation = 0
+        self.connected = False
+        self.released = False  # the front acknowledged our BYE: it sends nothing more
+
+
+class Request:
+    """The worker's side of one exchange; the ``channel`` of ``serve_request``."""
+
+    __slots__ = ("worker", "front", "rid", "generation", "payload", "window", "credit",
+                 "body", "body_done", "consumed", "granted", "cancelled", "finished")
+
+    def __init__(self, worker: SyncWorker, front: Front, rid: int, payload: bytes) -> None:
+        self.worker = worker
+        self.front = front
+        self.rid = rid
+        self.generation = front.generation
+        self.payload = payload
+        self.window = 0
+        self.credit = 0
+        self.body: collections.deque[bytes] = collections.deque()
+        self.body_done = False
+        self.consumed = 0
+        self.granted = False
+        self.cancelled = False
+        self.finished = False
+
+    # -- output -------------------------------------------------------------------------
+
+    def _post(self, record: bytes) -> bool:
+        front = self.front
+        if self.generation != front.generation:
+            self.cancelled = True  # that front is gone; nobody waits for this reply
+            return False
+        front.outbox.append(record)
+        return True
+
+    def _final(self) -> None:
+        self.finished = True
+        self.front.requests.pop(self.rid, None)
+
+    def respond(self, flags: int, head: bytes, body: bytes, final: bool) -> None:
+        self._post(protocol.encode_response(self.rid, flags, head, body))
+        if final:
+            self._final()
+        else:
+            self.credit = self.window
+            self.worker.flush(self.front)  # PEP 3333: a block is never delayed
+
+    def send_chunk(self, data: bytes) -> bool:
+        worker = self.worker
+        while self.credit <= 0 and not self.cancelled:
+            worker.flush(self.front)
+            worker.wait()
+        if self.cancelled:
+            return False
+        self.credit -= 1
+        self._post(protocol.encode_data(CHUNK, self.rid, data))
+        worker.flush(self.front)
+        return True
+
+    def end(self, flags: int, tail: bytes) -> None:
+        self._post(protocol.encode_end(self.rid, flags, tail))
+        self._final()
+
+    # -- input --------------------------------------------------------------------------
+
+    def read_body(self) -> bytes:
+        worker = self.worker
+        if not self.granted:
+            self.granted = True
+            if self.payload and self.payload[0] & REQ_EXPECT:
+                self._post(protocol.encode_credit(self.rid, worker.cfg.window))
+        while not self.body:
+            if self.body_done:
+                return b""
+            if self.cancelled:
+                raise ClientDisconnected("the client went away before sending the whole body")
+            self._grant()
+            worker.flush(self.front)
+            worker.wait()
+        self.consumed += 1
+        if self.consumed >= max(1, worker.cfg.window // 2):
+            self._grant()
+        return self.body.popleft()
+
+    def _grant(self) -> None:
+        if self.consumed:
+            self._post(protocol.encode_credit(self.rid, self.consumed))
+            self.consumed = 0
+
+
+class SyncWorker:
+    """Serves one request at a time; see the module docstring."""
+
+    def __init__(self, cfg: Any, app: Any, endpoints: list[str], age: int = 0,
+                 ppid: int = 0) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.endpoints = endpoints
+        self.age = age
+        self.ppid = ppid
+        self.pid = 0
+        self.alive = True
+        self.leaving = False
+        self.leave_deadline = 0.0
+        self.fronts: list[Front] = []
+        self.by_socket: dict[Any, Front] = {}
+        self.by_monitor: dict[Any, Front] = {}
+        self.queue: collections.deque[Request] = collections.deque()
+        self.dirty: set[Front] = set()
+        self.context: zmq.Context[Any] | None = None
+        self.poller = zmq.Poller()
+        self.base_environ: dict[str, Any] = {}
+        self.host = socket.gethostname()
+        self.served = 0
+
+    # -- process setup ------------------------------------------------------------------
+
+    def init_process(self) -> None:
+        """Create the zmq context, sockets and signal handlers: in the child, after fork."""
+        self.pid = os.getpid()
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        self.base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.errors": sys.stderr,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": "",
+        }
+        self.context = zmq.Context()
+        interval = max(1, int(self.cfg.heartbeat * 1000))
+        for endpoint in self.endpoints:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 100000)
+            sock.setsockopt(zmq.RCVHWM, 100000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, interval)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * interval)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.connect(endpoint)
+            front = Front(endpoint, sock, monitor)
+            self.fronts.append(front)
+            self.by_socket[sock] = front
+            self.by_monitor[monitor] = front
+            self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(monitor, zmq.POLLIN)
+        log.info("Worker %d serving %s", self.pid, ",".join(self.endpoints))
+
+    def handle_term(self, signum: int, frame: Any) -> None:
+        """TERM: take nothing new, finish what is held, exit (the main loop acts)."""
+        self.alive = False
+
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        """INT/QUIT: stop now."""
+        self.alive = False
+        raise SystemExit(0)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until told to stop; a TERM drains first (see ``start_leaving``)."""
+        try:
+            while True:
+                if not self.alive and not self.leaving:
+                    self.start_leaving()
+                if self.leaving and self.has_left():
+                    break
+                if not self.queue:
+                    self.wait()
+                if self.queue:
+                    self.serve_queue()
+                if self.ppid and os.getppid() != self.ppid:
+                    log.info("Parent changed; worker %d exits", self.pid)
+                    break
+        finally:
+            self.close()
+
+    def start_leaving(self) -> None:
+        """Hand back the queued requests that can be replayed, and say BYE to each front.
+
+        A front answers BYE with BYE and sends nothing more; requests it sent before that
+        are served here. ``graceful_timeout`` bounds the whole drain.
+        """
+        self.leaving = True
+        self.leave_deadline = time.monotonic() + self.cfg.graceful_timeout
+        kept: collections.deque[Request] = collections.deque()
+        for req in self.queue:
+            if req.generation != req.front.generation or req.finished:
+                continue
+            if req.payload[0] & REQ_BODY_COMPLETE:
+                req._post(protocol.encode_signal(protocol.REJECT, req.rid))
+                req._final()
+            else:
+                kept.append(req)
+        self.queue = kept
+        for front in self.fronts:
+            if front.connected:
+                front.outbox.append(protocol.encode_signal(protocol.BYE))
+            else:
+                front.released = True
+        self.flush_all()
+        log.info("Worker %d draining", self.pid)
+
+    def has_left(self) -> bool:
+        """True once the queue is empty and every front has released us (or time is up)."""
+        if time.monotonic() > self.leave_deadline:
+            log.warning("Worker %d: graceful timeout reached while draining", self.pid)
+            return True
+        return not self.queue and all(f.released or not f.connected for f in self.fronts)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a socket has something (or ``timeout``, default the heartbeat)."""
+        ms = int((self.cfg.heartbeat if timeout is None else timeout) * 1000)
+        for sock, _ in self.poller.poll(ms):
+            front = self.by_socket.get(sock)
+            if front is not None:
+                self._drain(front)
+            else:
+                self._on_monitor(self.by_monitor[sock])
+
+    def _drain(self, front: Front) -> None:
+        recv = front.sock.recv
+        while True:
+            try:
+                data = recv(_NOBLOCK)
+            except _zmq_Again:
+                return
+            self._handle(front, data)
+
+    def _handle(self, front: Front, data: bytes) -> None:
+        try:
+            records = protocol.split_frame(data)
+        except ProtocolError as exc:
+            log.warning("Dropped a malformed message from %s: %s", front.endpoint, exc)
+            return
+        requests = front.requests
+        for kind, rid, payload in records:
+            if kind == REQUEST:
+                if not payload or rid in requests:
+                    log.warning("Dropped a bad REQUEST %x from %s", rid, front.endpoint)
+                    continue
+                req = Request(self, front, rid, payload)
+                requests[rid] = req
+                self.queue.append(req)
+                continue
+            if kind == HEARTBEAT:
+                continue
+            if kind == protocol.BYE:
+                front.released = True
+                continue
+            req = requests.get(rid)  # type: ignore[assignment]
+            if req is None:
+                continue  # for a request already finished; harmless
+            if kind == BODY:
+                req.body.append(payload)
+            elif kind == END:
+                req.body_done = True
+            elif kind == CREDIT:
+                try:
+                    req.credit += protocol.decode_credit(payload)
+                except Exception:
+                    log.warning("Dropped a malformed CREDIT from %s", front.endpoint)
+            elif kind == CANCEL:
+                req.cancelled = True
+            else:
+                log.warning("Dropped %s from %s: not a front's record",
+                            protocol.KIND_NAMES[kind], front.endpoint)
+
+    def _on_monitor(self, front: Front) -> None:
+        while True:
+            try:
+                message = front.monitor.recv_multipart(_NOBLOCK)
+            except _zmq_Again:
+                return
+            event = parse_monitor_message(message)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                front.connected = True
+                if not self.leaving:
+                    self._send(front, [protocol.encode_ready(
+                        self.cfg.capacity, self.cfg.window, self.pid, self.host)])
+                log.debug("Worker %d connected to %s", self.pid, front.endpoint)
+            elif event == zmq.EVENT_DISCONNECTED:
+                front.connected = False
+                front.generation += 1
+                abandoned = list(front.requests.values())
+                front.requests.clear()
+                front.outbox.clear()
+                for req in abandoned:
+                    req.cancelled = True
+                if abandoned:
+                    log.warning("Lost %s; abandoned %d request(s)", front.endpoint,
+                                len(abandoned))
+                else:
+                    log.info("Lost %s; reconnecting", front.endpoint)
+
+    def serve_queue(self) -> None:
+        """Serve the queued requests in order, flushing replies in batches."""
+        started = time.monotonic()
+        count = 0
+        queue = self.queue
+        while queue:
+            req = queue.popleft()
+            if req.generation != req.front.generation:
+                continue
+            if req.cancelled:
+                req.end(END_ABORT, b"")
+            else:
+                self.handle(req)
+            count += 1
+            if count >= _BATCH_REQUESTS or time.monotonic() - started > _BATCH_SECONDS:
+                self.flush_all()
+                started = time.monotonic()
+                count = 0
+            if not self.alive and not self.leaving:
+                break  # start_leaving hands the rest of the queue back
+        self.flush_all()
+
+    def handle(self, req: Request) -> None:
+        """Run the app for one request."""
+        try:
+            head = protocol.decode_request(req.payload)
+        except (ProtocolError, ValueError, IndexError) as exc:
+            log.warning("Dropped a malformed REQUEST from %s: %s", req.front.endpoint, exc)
+            req._post(protocol.encode_error(req.rid, 502, "malformed request record"))
+            req._final()
+            return
+        environ = build_environ(head, self.base_environ)
+        req.window = head.window
+        if head.flags & REQ_BODY_COMPLETE:
+            environ["wsgi.input"] = io.BytesIO(head.body)
+            req.body_done = True
+        else:
+            if head.body:
+                req.body.appendleft(head.body)
+            environ["wsgi.input"] = BodyInput(req)
+        self.served += 1
+        serve_request(self.app, environ, head, req, self.cfg.chunk_size)
+        if not req.finished:
+            req.end(END_ABORT, b"")
+
+    # -- output -------------------------------------------------------------------------
+
+    def flush(self, front: Front) -> None:
+        """Send ``front``'s pending records as one frame."""
+        if front.outbox:
+            records = front.outbox
+            front.outbox = []
+            self._send(front, records)
+
+    def flush_all(self) -> None:
+        for front in self.fronts:
+            if front.outbox:
+                self.flush(front)
+
+    def _send(self, front: Front, records: list[bytes]) -> None:
+        try:
+            front.sock.send(protocol.frame(records), _NOBLOCK)
+        except _zmq_Again:
+            log.warning("The front at %s is not reading; dropped %d record(s)",
+                        front.endpoint, len(records))
+
+    def close(self) -> None:
+        if self.context is None:
+            return
+        linger = 1000 if self.leaving else 0  # let the last replies and BYE go out
+        for front in self.fronts:
+            front.monitor.close(linger=0)
+            front.sock.close(linger=linger)
+        self.context.term()
+        self.context = None

@@ -1,0 +1,500 @@
+"""Run one WSGI request: call the app, frame its response, stream it through a channel.
+
+``serve_request(app, environ, req, channel, chunk_size)`` is the whole PEP 3333 server side
+of one request for every worker class. The worker supplies ``channel``, which moves records
+(the sync worker blocks on its sockets, the gevent worker on greenlet events):
+
+    channel.respond(flags, head, body, final)   one RESPONSE record
+    channel.send_chunk(data) -> bool            one CHUNK under credit; False if cancelled
+    channel.end(flags, tail)                    the final END record
+    channel.cancelled                           the front gave up on the request
+    channel.read_body() -> bytes                the next piece of request body, b"" at end
+
+What the client gets:
+
+- The worker writes the HTTP head. A response whose length is known (the app set
+  ``Content-Length``, or returned a list or tuple) is sent with ``Content-Length`` and, when
+  it fits in one chunk, as one record; otherwise HTTP/1.1 gets ``Transfer-Encoding:
+  chunked`` and HTTP/1.0 a close-delimited body. Each block the app yields is sent before
+  the next is asked for (PEP 3333: no block is delayed), in chunks of ``chunk_size`` at
+  most, under the front's credit.
+- HEAD, 1xx, 204 and 304 get no body. Hop-by-hop headers set by the app are dropped
+  (PEP 3333 forbids them) except ``Connection: close``, which is honoured.
+- An exception before the head is sent gives 500 and the worker serves on. After it, the
+  response is aborted: the front cuts the connection so the client sees a truncated
+  response, never a complete wrong one. The traceback is logged either way.
+- More bytes than the declared ``Content-Length`` are dropped (and logged); fewer close the
+  connection after the response.
+- The app iterator's ``close()`` is always called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from email.utils import formatdate
+from typing import Any, Final
+
+from wsgi_zmq import protocol
+from wsgi_zmq.errors import AppImportError
+from wsgi_zmq.protocol import END_ABORT, END_CLOSE, REQ_KEEP_ALIVE, REQ_RAW, RESP_CLOSE, RESP_END
+
+log = logging.getLogger("wsgi_zmq.error.worker")
+
+_LENGTH: Final = 1
+_DATE: Final = 2
+_CONNECTION: Final = 3
+_HOP: Final = 4
+_RESPONSE_SPECIAL: Final = {
+    "content-length": _LENGTH, "date": _DATE, "connection": _CONNECTION,
+    "keep-alive": _HOP, "transfer-encoding": _HOP, "upgrade": _HOP, "te": _HOP,
+    "trailer": _HOP, "proxy-authenticate": _HOP, "proxy-authorization": _HOP,
+}
+_CHUNK_END: Final = b"0\r\n\r\n"
+_ERROR_BODY: Final = b"Internal Server Error\n"
+
+_date_second = 0
+_date_line = ""
+
+
+def date_line() -> str:
+    """``Date: ...\\r\\n`` for now, formatted once per second (RFC 9110 section 6.6.1)."""
+    global _date_second, _date_line
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+    return _date_line
+
+
+class AppError(Exception):
+    """The app broke the WSGI contract (bad status, bad header, start_response misuse)."""
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file-like object in blocks, close it at the end.
+
+    Blocks go through the same credit as any other body, so a large file costs the worker
+    ``window`` chunks of memory, not its size.
+    """
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data: bytes = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class BodyInput:
+    """``wsgi.input`` for a body that streams in from the front under credit.
+
+    Holds at most one chunk beyond what the app asked for. Reads return ``b""`` at the end
+    of the body (``wsgi.input_terminated`` is true).
+    """
+
+    __slots__ = ("channel", "buffer", "eof")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.buffer = b""
+        self.eof = False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        data = self.channel.read_body()
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data, self.buffer = self.buffer, b""
+            return data
+        while len(self.buffer) < size and self._fill():
+            pass
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while True:
+            newline = self.buffer.find(b"\n")
+            limit = size if size is not None and size >= 0 else -1
+            if newline >= 0:
+                end = newline + 1
+                if 0 <= limit < end:
+                    end = limit
+                break
+            if 0 <= limit <= len(self.buffer):
+                end = limit
+                break
+            if not self._fill():
+                end = len(self.buffer)
+                break
+        data, self.buffer = self.buffer[:end], self.buffer[end:]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> BodyInput:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class Responder:
+    """The response side of one request: ``start_response``, ``write`` and the framing."""
+
+    __slots__ = ("channel", "version", "keep_alive", "is_head", "raw", "chunk_size",
+                 "status", "headers", "head_sent", "declared", "sent", "chunked", "close",
+                 "no_body")
+
+    def __init__(self, channel: Any, version: str, flags: int, is_head: bool,
+                 chunk_size: int) -> None:
+        self.channel = channel
+        self.version = "HTTP/1.0" if version == "HTTP/1.0" else "HTTP/1.1"
+        self.keep_alive = bool(flags & REQ_KEEP_ALIVE)
+        self.raw = bool(flags & REQ_RAW)
+        self.is_head = is_head
+        self.chunk_size = chunk_size
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.declared: int | None = None  # the body length the head announces
+        self.sent = 0
+        self.chunked = False
+        self.close = False
+        self.no_body = is_head
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AppError("start_response called a second time without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() \
+                or status[3] != " ":
+            raise AppError(f"invalid status {status!r}")
+        if not isinstance(headers, list):
+            raise AppError("headers must be a list of (name, value) tuples")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    # -- the head -----------------------------------------------------------------------
+
+    def _head(self, known: int | None) -> bytes:
+        """Render the head. ``known`` is the body length if the whole body is at hand."""
+        status = self.status
+        if status is None:
+            raise AppError("the app returned without calling start_response")
+        code = int(status[:3])
+        if code < 200:
+            raise AppError(f"a WSGI app cannot send an informational status ({status})")
+        if code in (204, 304):
+            self.no_body = True
+        lines = [f"{self.version} {status}\r\n"]
+        has_date = False
+        app_close = False
+        declared = None
+        special_of = _RESPONSE_SPECIAL.get
+        for name, value in self.headers:
+            special = special_of(name.lower())
+            if special is not None:
+                if special == _LENGTH:
+                    try:
+                        declared = int(value)
+                    except (TypeError, ValueError):
+                        raise AppError(f"invalid Content-Length {value!r}") from None
+                    if declared < 0:
+                        raise AppError(f"invalid Content-Length {value!r}")
+                    if code == 204:
+                        continue  # RFC 9110 section 8.6: never in a 204
+                elif special == _DATE:
+                    has_date = True
+                elif special == _CONNECTION:
+                    app_close = "close" in value.lower()
+                    continue
+                else:
+                    continue  # hop-by-hop: the framing is ours
+            lines.append(f"{name}: {value}\r\n")
+        if self.raw:
+            self.declared = declared  # the gateway frames the body itself
+        elif self.no_body and not self.is_head:
+            self.declared = 0
+        elif declared is not None:
+            self.declared = declared
+        elif known is not None:
+            self.declared = known
+            lines.append(f"Content-Length: {known}\r\n")
+        elif self.is_head:
+            pass  # unknown length and no body: announce no framing at all
+        elif self.version == "HTTP/1.1":
+            self.chunked = True
+            lines.append("Transfer-Encoding: chunked\r\n")
+        else:
+            self.close = True  # HTTP/1.0: the body ends with the connection
+        if not self.raw:
+            if app_close or not self.keep_alive:
+                self.close = True
+            if self.close:
+                lines.append("Connection: close\r\n")
+            elif self.version == "HTTP/1.0":
+                lines.append("Connection: keep-alive\r\n")
+            if not has_date:
+                lines.append(date_line())
+        text = "".join(lines) + "\r\n"
+        # a CR or LF inside a name or value would start a line of its own: header injection
+        if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+            raise AppError("a response header contains CR or LF")
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise AppError("response headers must be latin-1") from None
+
+    # -- the body -----------------------------------------------------------------------
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def _clip(self, data: bytes) -> bytes:
+        """Count ``data`` as sent, dropping what exceeds the announced length."""
+        declared = self.declared
+        if declared is not None and self.sent + len(data) > declared:
+            if self.sent < declared:
+                log.warning("The app sent more than its Content-Length of %d; dropped the "
+                            "rest", declared)
+            data = data[:max(0, declared - self.sent)]
+        self.sent += len(data)
+        return data
+
+    def _flags(self) -> int:
+        return RESP_CLOSE if self.close else 0
+
+    def write(self, data: bytes) -> None:
+        """The ``write`` callable of PEP 3333, and the path of every block the app yields."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"response body blocks must be bytes, not {type(data).__name__}")
+        size = self.chunk_size
+        if not self.head_sent:
+            head = self._head(None)
+            self.head_sent = True
+            first = b""
+            if not self.no_body:
+                first = self._clip(bytes(data[:size]))
+                data = data[size:]
+            complete = self.no_body or (self.declared is not None
+                                        and self.sent >= self.declared)
+            self.channel.respond(self._flags() | (RESP_END if complete else 0), head,
+                                 self._frame(first) if first else b"", complete)
+            if complete:
+                return
+        if self.no_body:
+            return
+        for start in range(0, len(data), size):
+            piece = self._clip(bytes(data[start:start + size]))
+            if not piece or not self.channel.send_chunk(self._frame(piece)):
+                return
+        if self.declared is not None and self.sent >= self.declared and not self.raw:
+            self.finish()  # the announced length is complete: end without waiting
+
+    def finish(self) -> None:
+        """Send the final record of a response whose head is out."""
+        if self.channel.finished:
+            return
+        flags = END_CLOSE if self.close else 0
+        tail = b""
+        if self.declared is not None and self.sent < self.declared and not self.no_body:
+            log.warning("The app sent %d bytes of its Content-Length of %d", self.sent,
+                        self.declared)
+            flags = END_CLOSE
+        elif self.chunked:
+            tail = _CHUNK_END
+        self.channel.end(flags, tail)
+
+    def send_whole(self, body: bytes) -> None:
+        """Send a response whose body is all known: one record when it fits one chunk."""
+        head = self._head(len(body))
+        self.head_sent = True
+        body = b"" if self.no_body else self._clip(body)
+        flags = self._flags()
+        if self.declared is not None and self.sent < self.declared and not self.no_body:
+            log.warning("The app sent %d bytes of its Content-Length of %d", self.sent,
+                        self.declared)
+            flags |= RESP_CLOSE
+        size = self.chunk_size
+        if len(body) <= size:
+            self.channel.respond(flags | RESP_END, head, body, True)
+            return
+        self.channel.respond(flags, head, body[:size], False)
+        for start in range(size, len(body), size):
+            if not self.channel.send_chunk(body[start:start + size]):
+                return
+        self.channel.end(END_CLOSE if flags & RESP_CLOSE else 0, b"")
+
+
+def serve_request(app: Any, environ: dict[str, Any], req: protocol.RequestHead, channel: Any,
+                  chunk_size: int) -> None:
+    """Run ``app`` for one request and send its response through ``channel``.
+
+    Always ends with exactly one final record (RESPONSE with RESP_END, or END), whatever the
+    app does, and always calls the app iterator's ``close()``.
+    """
+    responder = Responder(channel, req.version, req.flags, req.method == "HEAD", chunk_size)
+    result = None
+    try:
+        result = app(environ, responder.start_response)
+        if not responder.head_sent and type(result) in (list, tuple):
+            responder.send_whole(b"".join(result))
+        else:
+            for block in result:
+                if block:
+                    responder.write(block)
+                if channel.cancelled:
+                    break
+            if channel.finished:
+                pass
+            elif channel.cancelled:
+                channel.end(END_ABORT, b"")
+            elif not responder.head_sent:
+                responder.send_whole(b"")
+            else:
+                responder.finish()
+    except Exception:
+        log.exception("Error handling request %s %s", req.method, req.target[:200])
+        if channel.finished:
+            pass
+        elif responder.head_sent:
+            channel.end(END_ABORT, b"")
+        else:
+            _send_error(responder, channel)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("Error closing the app iterator of %s %s", req.method,
+                              req.target[:200])
+
+
+def _send_error(responder: Responder, channel: Any) -> None:
+    """Answer 500 for an app that failed before its head went out."""
+    keep = responder.keep_alive
+    lines = [f"{responder.version} 500 Internal Server Error\r\n",
+             "Content-Type: text/plain; charset=utf-8\r\n",
+             f"Content-Length: {len(_ERROR_BODY)}\r\n"]
+    if not responder.raw:
+        lines.append(date_line())
+        if not keep:
+            lines.append("Connection: close\r\n")
+        elif responder.version == "HTTP/1.0":
+            lines.append("Connection: keep-alive\r\n")
+    lines.append("\r\n")
+    flags = RESP_END | (0 if keep else RESP_CLOSE)
+    channel.respond(flags, "".join(lines).encode("latin-1"), _ERROR_BODY, True)
+
+
+def import_app(uri: str) -> Any:
+    """Import ``MODULE:CALLABLE`` the way gunicorn does, and return the callable.
+
+    ``MODULE`` alone means ``MODULE:application``. ``CALLABLE`` may be a dotted attribute
+    path or a factory call with literal arguments (``create_app()``,
+    ``create_app("prod", debug=False)``). Raises ``AppImportError`` with one line naming the
+    problem; the original exception is chained for ``--log-level debug``.
+    """
+    import ast
+    import importlib
+    import os
+    import sys
+
+    module_name, _, expression = uri.partition(":")
+    expression = expression or "application"
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name and module_name.startswith(exc.name) and \
+                (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppImportError(f"Failed to find application module {module_name!r}: "
+                                 f"{exc}") from exc
+        raise AppImportError(f"Failed to import {module_name!r}: {exc!r}") from exc
+    except Exception as exc:
+        raise AppImportError(f"Failed to import {module_name!r}: {exc!r}") from exc
+    try:
+        node = ast.parse(expression, mode="eval").body
+    except SyntaxError:
+        raise AppImportError(f"Failed to parse {expression!r} as an attribute name or "
+                             "function call") from None
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    call = isinstance(node, ast.Call)
+    if call:
+        assert isinstance(node, ast.Call)
+        try:
+            args = [ast.literal_eval(arg) for arg in node.args]
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        except ValueError:
+            raise AppImportError(f"Failed to parse the arguments of {expression!r}: only "
+                                 "literal values are allowed") from None
+        node = node.func
+    path = []
+    while isinstance(node, ast.Attribute):
+        path.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        raise AppImportError(f"Failed to parse {expression!r} as an attribute name or "
+                             "function call")
+    path.append(node.id)
+    target: Any = module
+    for name in reversed(path):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise AppImportError(f"Failed to find attribute {expression!r} in "
+                                 f"{module_name!r}") from None
+    if call:
+        try:
+            target = target(*args, **kwargs)
+        except Exception as exc:
+            raise AppImportError(f"Calling {expression!r} in {module_name!r} failed: "
+                                 f"{exc!r}") from exc
+    if target is None:
+        raise AppImportError(f"{uri!r}: the factory returned None")
+    if not callable(target):
+        raise AppImportError(f"{uri!r} is not callable")
+    return target

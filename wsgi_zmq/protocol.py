@@ -1,0 +1,312 @@
+"""The wire protocol between the front and the handler workers, version 1: pure encode/decode.
+
+Nothing here touches a socket. The front's ROUTER and each worker's DEALER exchange
+*frames*; a frame is one ZeroMQ message part (the ROUTER adds the peer's routing id as a
+part of its own, which this module never sees). A frame carries the protocol version and any
+number of *records*, so everything one side produced in one loop iteration costs one
+``send`` and one ``recv`` (``docs/protocol.md`` explains why: every pyzmq call costs more
+than the Python work of a small request)::
+
+    frame  := version:u8  record*
+    record := kind:u8  rid:u64  length:u32  payload[length]          (network byte order)
+
+``rid`` names one request/response exchange. The front picks it (from a random 64-bit
+start, so a worker that reconnects to a restarted front cannot confuse an old exchange with
+a new one); records that concern no exchange (READY, HEARTBEAT, BYE) carry rid 0.
+
+Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
+
+    REQUEST   F->W  flags:u8 remote_port:u16 server_port:u16 nheaders:u16 window:u16
+                    strings_len:u32 strings[strings_len] body...
+                    window = CHUNK records the worker may send before the front grants CREDIT
+                    strings = NUL-joined latin-1: method, target, version ("HTTP/1.1"),
+                    remote_addr, server_name, url_scheme, then name, value for each header
+                    in the order received, duplicates kept.
+    BODY      F->W  a piece of the request body (de-chunked)
+    RESPONSE  W->F  flags:u8 head_len:u32 head[head_len] body...
+                    head = the status line and header block exactly as the client gets them
+                    (in RAW mode: status line and the application's headers, no framing)
+    CHUNK     W->F  a piece of the response body, already framed for the client
+    END       both  F->W: the request body is complete (empty payload).
+                    W->F: flags:u8 tail...: the response is complete; tail is written last
+                    (the chunked terminator); END_ABORT means cut the connection instead.
+    CREDIT    both  n:u32: the receiver may send n more BODY (W->F grant) / CHUNK (F->W grant)
+    CANCEL    F->W  empty: the client went away or timed out; stop and close the app iterator
+    READY     W->F  capacity:u32 window:u16 pid:u32 host (utf-8): a worker offers ``capacity``
+                    requests, and takes ``window`` BODY records per request before it grants
+                    CREDIT (none before its first CREDIT when the request has REQ_EXPECT)
+    HEARTBEAT both  empty: liveness probe
+    ERROR     W->F  status:u16 message (utf-8): answer this request with ``status``
+    REJECT    W->F  empty: the worker never started this request; dispatch it elsewhere
+    BYE       W->F  empty: the worker leaves; send it nothing more
+
+Every exchange the front dispatched ends with exactly one final record from the worker:
+RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
+the worker's capacity.
+
+Decoding raises ``ProtocolError`` for a wrong version, an unknown kind, or a record that is
+truncated or too short for its kind; callers log it and drop the frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from wsgi_zmq.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+VERSION_BYTE: Final = bytes([PROTOCOL_VERSION])
+
+# Record kinds. Plain ints, not an IntEnum: they are compared once per record on the hot path.
+REQUEST: Final = 1
+BODY: Final = 2
+RESPONSE: Final = 3
+CHUNK: Final = 4
+END: Final = 5
+CREDIT: Final = 6
+CANCEL: Final = 7
+READY: Final = 8
+HEARTBEAT: Final = 9
+ERROR: Final = 10
+REJECT: Final = 11
+BYE: Final = 12
+
+KIND_NAMES: Final = {
+    REQUEST: "REQUEST", BODY: "BODY", RESPONSE: "RESPONSE", CHUNK: "CHUNK", END: "END",
+    CREDIT: "CREDIT", CANCEL: "CANCEL", READY: "READY", HEARTBEAT: "HEARTBEAT",
+    ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE",
+}
+
+# REQUEST flags
+REQ_BODY_COMPLETE: Final = 0x01  # the body in this record is all of it; no BODY/END follow
+REQ_KEEP_ALIVE: Final = 0x02     # the client may reuse the connection
+REQ_EXPECT: Final = 0x04         # Expect: 100-continue; no BODY until the worker grants CREDIT
+REQ_RAW: Final = 0x08            # the gateway frames the response itself (FrontApp)
+REQ_CHUNKED: Final = 0x10        # the body length is unknown (Transfer-Encoding: chunked)
+
+# RESPONSE flags
+RESP_END: Final = 0x01           # the whole response is in this record
+RESP_CLOSE: Final = 0x02         # close the client connection after this response
+
+# END flags (worker to front)
+END_CLOSE: Final = 0x02          # close the connection after writing the tail
+END_ABORT: Final = 0x04          # the response is incomplete: cut the connection, no tail
+
+RECORD_HEAD: Final = struct.Struct("!BQI")
+REQUEST_HEAD: Final = struct.Struct("!BHHHHI")
+RESPONSE_HEAD: Final = struct.Struct("!BI")
+U8: Final = struct.Struct("!B")
+U16: Final = struct.Struct("!H")
+U32: Final = struct.Struct("!I")
+READY_HEAD: Final = struct.Struct("!IHI")
+
+_RECORD_HEAD_SIZE: Final = RECORD_HEAD.size
+_MIN_PAYLOAD: Final = {
+    REQUEST: REQUEST_HEAD.size, BODY: 0, RESPONSE: RESPONSE_HEAD.size, CHUNK: 0, END: 0,
+    CREDIT: U32.size, CANCEL: 0, READY: READY_HEAD.size, HEARTBEAT: 0, ERROR: U16.size,
+    REJECT: 0, BYE: 0,
+}
+_STRINGS_BEFORE_HEADERS: Final = 6
+
+_pack_record = RECORD_HEAD.pack
+_unpack_record = RECORD_HEAD.unpack_from
+
+
+class Record(NamedTuple):
+    """One decoded record: its kind, the exchange it belongs to, and its raw payload."""
+
+    kind: int
+    rid: int
+    payload: bytes
+
+
+class RequestHead(NamedTuple):
+    """The decoded REQUEST payload. ``headers`` is flat: name, value, name, value, ..."""
+
+    flags: int
+    window: int
+    method: str
+    target: str
+    version: str
+    remote_addr: str
+    remote_port: int
+    server_name: str
+    server_port: int
+    url_scheme: str
+    headers: list[str]
+    body: bytes
+
+
+class ResponseHead(NamedTuple):
+    """The decoded RESPONSE payload: flags, the head as the client sees it, the body part."""
+
+    flags: int
+    head: bytes
+    body: bytes
+
+
+class Ready(NamedTuple):
+    """The decoded READY payload."""
+
+    capacity: int
+    window: int
+    pid: int
+    host: str
+
+
+# -- framing ------------------------------------------------------------------------------
+
+def frame(records: list[bytes]) -> bytes:
+    """Join encoded records into one frame, version first."""
+    return VERSION_BYTE + b"".join(records)
+
+
+def split_frame(data: bytes) -> list[Record]:
+    """Decode a whole frame into its records, checking all of it before returning any.
+
+    Raises ``ProtocolError`` if the version is not ``PROTOCOL_VERSION``, a kind is unknown,
+    or a record is truncated or shorter than its kind requires. Checking everything first
+    means a malformed frame is dropped whole, never half acted on.
+    """
+    size = len(data)
+    if size == 0:
+        raise ProtocolError("empty frame")
+    if data[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {data[0]} not supported "
+                            f"(this side speaks {PROTOCOL_VERSION})")
+    records = []
+    pos = 1
+    minimum = _MIN_PAYLOAD
+    while pos < size:
+        if pos + _RECORD_HEAD_SIZE > size:
+            raise ProtocolError(f"truncated record head at byte {pos}")
+        kind, rid, length = _unpack_record(data, pos)
+        pos += _RECORD_HEAD_SIZE
+        end = pos + length
+        if end > size:
+            raise ProtocolError(f"record of {length} bytes at byte {pos} overruns the frame")
+        least = minimum.get(kind)
+        if least is None:
+            raise ProtocolError(f"unknown record kind {kind}")
+        if length < least:
+            raise ProtocolError(f"{KIND_NAMES[kind]} record of {length} bytes is too short")
+        records.append(Record(kind, rid, data[pos:end]))
+        pos = end
+    return records
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+def encode_request(rid: int, flags: int, method: bytes, target: bytes, version: bytes,
+                   remote_addr: bytes, remote_port: int, server_name: bytes, server_port: int,
+                   url_scheme: bytes, headers: list[bytes], window: int,
+                   body: bytes = b"") -> bytes:
+    """Encode a REQUEST record. ``headers`` is flat (name, value, ...) and holds no NUL."""
+    strings = b"\0".join([method, target, version, remote_addr, server_name, url_scheme,
+                          *headers])
+    head = REQUEST_HEAD.pack(flags, remote_port, server_port, len(headers) >> 1, window,
+                             len(strings))
+    length = REQUEST_HEAD.size + len(strings) + len(body)
+    return b"".join((_pack_record(REQUEST, rid, length), head, strings, body))
+
+
+def encode_response(rid: int, flags: int, head: bytes, body: bytes = b"") -> bytes:
+    """Encode a RESPONSE record: ``head`` as the client will see it, then the body part."""
+    length = RESPONSE_HEAD.size + len(head) + len(body)
+    return b"".join((_pack_record(RESPONSE, rid, length),
+                     RESPONSE_HEAD.pack(flags, len(head)), head, body))
+
+
+def encode_data(kind: int, rid: int, data: bytes) -> bytes:
+    """Encode a record whose payload is raw bytes: BODY or CHUNK."""
+    return _pack_record(kind, rid, len(data)) + data
+
+
+def encode_end(rid: int, flags: int = 0, tail: bytes = b"") -> bytes:
+    """Encode END. From the front: the request body is complete (flags and tail unused)."""
+    return _pack_record(END, rid, 1 + len(tail)) + U8.pack(flags) + tail
+
+
+def encode_request_end(rid: int) -> bytes:
+    """Encode the END that closes a streamed request body (front to worker)."""
+    return _pack_record(END, rid, 0)
+
+
+def encode_credit(rid: int, count: int) -> bytes:
+    """Encode CREDIT: the peer may send ``count`` more data records for ``rid``."""
+    return _pack_record(CREDIT, rid, U32.size) + U32.pack(count)
+
+
+def encode_signal(kind: int, rid: int = 0) -> bytes:
+    """Encode a record with an empty payload: CANCEL, HEARTBEAT, REJECT or BYE."""
+    return _pack_record(kind, rid, 0)
+
+
+def encode_ready(capacity: int, window: int, pid: int, host: str) -> bytes:
+    """Encode READY: the worker (``pid`` on ``host``) offers ``capacity`` requests."""
+    name = host.encode("utf-8")
+    return (_pack_record(READY, 0, READY_HEAD.size + len(name))
+            + READY_HEAD.pack(capacity, window, pid) + name)
+
+
+def encode_error(rid: int, status: int, message: str) -> bytes:
+    """Encode ERROR: the front must answer ``rid`` with ``status`` itself."""
+    text = message.encode("utf-8")
+    return _pack_record(ERROR, rid, U16.size + len(text)) + U16.pack(status) + text
+
+
+# -- decoding payloads ----------------------------------------------------------------------
+
+def decode_request(payload: bytes) -> RequestHead:
+    """Decode a REQUEST payload. Raises ``ProtocolError`` if the string block is malformed."""
+    flags, remote_port, server_port, nheaders, window, strings_len = \
+        REQUEST_HEAD.unpack_from(payload)
+    start = REQUEST_HEAD.size
+    end = start + strings_len
+    if end > len(payload):
+        raise ProtocolError("REQUEST strings overrun the record")
+    parts = payload[start:end].decode("latin-1").split("\0")
+    if len(parts) != _STRINGS_BEFORE_HEADERS + 2 * nheaders:
+        raise ProtocolError(f"REQUEST has {len(parts)} strings, expected "
+                            f"{_STRINGS_BEFORE_HEADERS + 2 * nheaders}")
+    return RequestHead(flags, window, parts[0], parts[1], parts[2], parts[3], remote_port, parts[4],
+                       server_port, parts[5], parts[6:], payload[end:])
+
+
+def decode_response(payload: bytes) -> ResponseHead:
+    """Decode a RESPONSE payload. Raises ``ProtocolError`` if the head overruns it."""
+    flags, head_len = RESPONSE_HEAD.unpack_from(payload)
+    start = RESPONSE_HEAD.size
+    if start + head_len > len(payload):
+        raise ProtocolError("RESPONSE head overruns the record")
+    return ResponseHead(flags, payload[start:start + head_len], payload[start + head_len:])
+
+
+def decode_credit(payload: bytes) -> int:
+    """Decode a CREDIT payload into its count."""
+    count: int = U32.unpack_from(payload)[0]
+    return count
+
+
+def decode_ready(payload: bytes) -> Ready:
+    """Decode a READY payload."""
+    capacity, window, pid = READY_HEAD.unpack_from(payload)
+    if capacity < 1 or window < 1:
+        raise ProtocolError("READY with capacity or window 0")
+    return Ready(capacity, window, pid, payload[READY_HEAD.size:].decode("utf-8", "replace"))
+
+
+def decode_end(payload: bytes) -> tuple[int, bytes]:
+    """Decode a worker's END payload into (flags, tail); an empty payload is (0, b"")."""
+    if not payload:
+        return 0, b""
+    return payload[0], payload[1:]
+
+
+def decode_error(payload: bytes) -> tuple[int, str]:
+    """Decode an ERROR payload into (status, message)."""
+    status: int = U16.unpack_from(payload)[0]
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"ERROR with status {status}")
+    return status, payload[U16.size:].decode("utf-8", "replace")
