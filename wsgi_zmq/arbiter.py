@@ -170,7 +170,8 @@ class Arbiter:
 
     def halt(self, reason: str, status: int) -> int:
         self.stop(graceful=False)
-        if status == EXIT_OK:
+        if status in (EXIT_OK, EXIT_CONFIG):
+            # for EXIT_CONFIG the child has logged the one line that names the problem
             log.info("Shutting down: %s", reason)
         else:
             log.error("Shutting down: %s", reason)

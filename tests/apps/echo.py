@@ -61,8 +61,13 @@ def big(environ, start_response):
 
 
 def slow(environ, start_response):
-    """Sleep ?seconds= (default 1), then answer."""
+    """Sleep ?seconds= (default 1), then answer; with ?mark=PATH, append the pid to PATH
+    first."""
     query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    if "mark" in query:  # tells a test the request is running
+        with open(query["mark"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+    environ["wsgi.input"].read()
     time.sleep(float(query.get("seconds", 1)))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"slept\n"]
@@ -108,7 +113,7 @@ def router(environ, start_response):
     path = environ["PATH_INFO"]
     for name, app in (("/echo", echo), ("/upload", upload), ("/big", big), ("/slow", slow),
                       ("/crash", crash), ("/closing", closing), ("/write", write_app),
-                      ("/status", status_app)):
+                      ("/status", status_app), ("/endless", endless), ("/noread", noread)):
         if path.startswith(name):
             return app(environ, start_response)
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -129,3 +134,27 @@ def status_app(environ, start_response):
                "500": "Internal Server Error"}
     start_response(f"{code} {reasons.get(code, 'Whatever')}", [("Content-Type", "text/plain")])
     return [b"body"]
+
+
+def endless(environ, start_response):
+    """Stream blocks until the client goes away; close() writes 'closed' to ?mark=."""
+    path = environ["QUERY_STRING"].partition("mark=")[2]
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    class Stream:
+        def __iter__(self):
+            block = b"x" * 65536
+            while True:
+                yield block
+
+        def close(self):
+            with open(path, "w") as f:
+                f.write("closed")
+
+    return Stream()
+
+
+def noread(environ, start_response):
+    """Answer without reading the request body."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+    return [b"noread\n"]

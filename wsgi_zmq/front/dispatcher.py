@@ -65,6 +65,13 @@ MAX_ATTEMPTS = 2
 
 _RECV_BATCH = 256  # frames drained per callback before yielding to other watchers
 
+#: A busy worker that has finished no request for this long is stalled: it gets nothing new
+#: until it finishes one. A sync worker runs its requests in order, so a request sent to a
+#: worker stuck in a slow one would wait behind it while other workers may be free.
+STALL_SECONDS = 0.02
+
+_UNLISTED, _IDLE, _READY = 0, 1, 2
+
 _zmq_Again = zmq.Again
 _NOBLOCK = zmq.NOBLOCK
 _SNDMORE = zmq.SNDMORE
@@ -136,7 +143,7 @@ class Peer:
     """One connected handler worker, as the front sees it."""
 
     __slots__ = ("ident", "capacity", "window", "inflight", "pid", "host", "outbox",
-                 "exchanges", "leaving", "gone")
+                 "exchanges", "leaving", "gone", "line", "progress")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str) -> None:
         self.ident = ident
@@ -149,6 +156,8 @@ class Peer:
         self.exchanges: dict[int, Exchange] = {}
         self.leaving = False
         self.gone = False
+        self.line = _UNLISTED  # which deque holds it: _IDLE, _READY or none
+        self.progress = 0.0  # when it last finished a request, or became busy
 
     def __repr__(self) -> str:
         return f"<worker {self.pid}@{self.host} {self.inflight}/{self.capacity}>"
@@ -273,15 +282,27 @@ class Dispatcher:
     # -- assignment ---------------------------------------------------------------------
 
     def _pick(self) -> Peer | None:
+        """The worker for the next request: idle first, then one with free capacity that
+        is not stalled; least recently used first in both lines."""
         if self.idle:
             peer = self.idle.popleft()
-        elif self.ready:
-            peer = self.ready.popleft()
+            peer.progress = self.loop.now()
         else:
-            return None
+            ready = self.ready
+            now = self.loop.now()
+            while True:
+                if not ready:
+                    return None
+                peer = ready.popleft()
+                if now - peer.progress < STALL_SECONDS:
+                    break
+                peer.line = _UNLISTED  # stalled: listed again when it finishes a request
         peer.inflight += 1
         if peer.inflight < peer.capacity:
             self.ready.append(peer)
+            peer.line = _READY
+        else:
+            peer.line = _UNLISTED
         return peer
 
     def _assign(self, ex: Exchange, peer: Peer) -> None:
@@ -303,6 +324,7 @@ class Dispatcher:
         """One of ``peer``'s exchanges finished: give the capacity to the queue or back."""
         if peer.gone:
             return
+        peer.progress = self.loop.now()
         if peer.leaving:
             peer.inflight -= 1
             if not peer.inflight:
@@ -317,11 +339,13 @@ class Dispatcher:
             return
         peer.inflight -= 1
         if peer.inflight == 0:
-            if peer.capacity > 1:
+            if peer.line == _READY:
                 self.ready.remove(peer)
             self.idle.append(peer)
-        elif peer.inflight == peer.capacity - 1:
+            peer.line = _IDLE
+        elif peer.line == _UNLISTED:
             self.ready.append(peer)
+            peer.line = _READY
 
     def _finish(self, ex: Exchange, peer: Peer) -> None:
         ex.finished = True
@@ -487,7 +511,7 @@ class Dispatcher:
         else:
             peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host)
             self.peers[ident] = peer
-            self.idle.append(peer)
+            self._list(peer)
             log.info("Worker %s@%s connected, capacity %d", ready.pid, ready.host,
                      ready.capacity)
         self._drain_queue()
@@ -511,19 +535,21 @@ class Dispatcher:
             self._forget(peer)
 
     def _unlist(self, peer: Peer) -> None:
-        for line in (self.idle, self.ready):
-            try:
-                line.remove(peer)
-            except ValueError:
-                pass
+        if peer.line == _IDLE:
+            self.idle.remove(peer)
+        elif peer.line == _READY:
+            self.ready.remove(peer)
+        peer.line = _UNLISTED
 
     def _list(self, peer: Peer) -> None:
         if peer.leaving or peer.gone:
             return
         if peer.inflight == 0:
             self.idle.append(peer)
+            peer.line = _IDLE
         elif peer.inflight < peer.capacity:
             self.ready.append(peer)
+            peer.line = _READY
 
     def _forget(self, peer: Peer) -> None:
         peer.gone = True

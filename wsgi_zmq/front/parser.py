@@ -109,7 +109,7 @@ class RequestParser:
 
     __slots__ = ("sink", "limits", "_parser", "_url", "_headers", "_fields", "_host_count",
                  "_te", "_expect", "_length", "_upgrade", "_in_head", "_line", "_body_bytes",
-                 "_raw_body", "_head", "_finished")
+                 "_raw_body", "_head", "_finished", "_completed")
 
     def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
         self.sink = sink
@@ -118,6 +118,7 @@ class RequestParser:
         self._raw_body = 0  # bytes of an upgrade request's body llhttp left to us
         self._head: RequestHead | None = None
         self._finished = False  # a request that ends the connection was parsed
+        self._completed = False  # a message completed during the current feed
         self._reset()
 
     def _reset(self) -> None:
@@ -150,6 +151,7 @@ class RequestParser:
             data = self._feed_raw_body(data)
             if not data:
                 return
+        self._completed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -158,7 +160,9 @@ class RequestParser:
                 raise cause from None
             raise BadRequest(str(exc)) from None
         except httptools.HttpParserInvalidMethodError:
-            method = data.split(b" ", 1)[0] if self.idle else b""
+            # 501 for a well-formed method we do not implement, 400 for garbage; when the
+            # bad request did not start this read, its method is unknown: say 400
+            method = data.split(b" ", 1)[0] if self.idle and not self._completed else b""
             if _TOKEN.fullmatch(method):
                 raise NotImplemented_("Method not implemented") from None
             raise BadRequest("Invalid method") from None
@@ -172,7 +176,13 @@ class RequestParser:
                 return
             raise BadRequest(str(exc) or "Malformed request") from None
         if self._in_head:
-            self._track_line(data)
+            if self._completed:
+                # the bytes of this feed belonged (mostly) to the request that completed;
+                # where a next head began is unknown, so its partial line is counted from
+                # the next feed: the bound is loose by one read, never wrong
+                self._line = 0
+            else:
+                self._track_line(data)
 
     def _track_line(self, data: bytes) -> None:
         # httptools accumulates a partial header field without limit; bound the line in
@@ -293,6 +303,7 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         head = self._head
+        self._completed = True
         self._in_head = True
         self._line = 0
         self._url = b""

@@ -163,10 +163,9 @@ class Connection:
         try:
             self.parser.feed(data)
         except HTTPError as exc:
-            self._refuse(exc)
-            return
+            self._refuse(exc)  # requests parsed before the bad one are still answered
         current = self.current
-        if current is not None and current.worker is None and not current.record:
+        if current is not None and not current.record and not self.closed:
             self._dispatch(current)
         self._update_reading()
 
@@ -502,6 +501,8 @@ class FrontServer:
                 conn.close()
             else:
                 conn.closing = True
+        if not self.connections:
+            self.stopped.set()
 
     def stop(self) -> None:
         self.stopped.set()

@@ -62,7 +62,8 @@ def split_target(target: str) -> tuple[str, str, str | None]:
             target = "/" + target
     path, _, query = target.partition("?")
     if "%" in path:
-        path = unquote_to_bytes(path).decode("latin-1")
+        # the str holds the wire bytes as latin-1: unquote_to_bytes would encode it as utf-8
+        path = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
     return path, query, authority
 
 

@@ -1,0 +1,1 @@
+"""A minimal Django project: ``mysite`` (settings, urls, wsgi) and the ``greetings`` app."""

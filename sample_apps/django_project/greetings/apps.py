@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GreetingsConfig(AppConfig):
+    name = "sample_apps.django_project.greetings"
+    label = "greetings"

@@ -1,0 +1,18 @@
+"""The request path through real processes: a front, a handler pool, raw HTTP."""
+
+from __future__ import annotations
+
+import json
+
+from support import exchange
+
+
+def test_hello_through_front_and_handler(stack):
+    """1. start a front and a handler 2. GET / 3. the app's body comes back with 200."""
+    _, _, port = stack.serve()
+    [response], closed = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 200
+    assert response.body == b"Hello, world!\n"
+    assert response.header("Content-Length") == "14"
+    assert response.header("Date")
+    assert not closed

@@ -1,0 +1,266 @@
+"""Test support: real processes, polling with deadlines, a raw HTTP client.
+
+Nothing here mocks a socket: ``LiveProcess`` runs a real entry point in a new session with
+its output in a log file, ``wait_for_log`` polls that file, and ``stop`` ends the process by
+its PID (TERM, then KILL of its process group after a deadline).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
+
+
+def poll_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Call ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(ROOT), str(TESTS)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("WSGI_ZMQ_CMD_ARGS", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class LiveProcess:
+    """A real process started in its own session, logging to a file."""
+
+    def __init__(self, args: list[str], log_path: Path, cwd: Path | str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=cwd or ROOT,
+                                     env=python_env(env), start_new_session=True)
+        self.pid = self.proc.pid
+
+    @classmethod
+    def python(cls, module_args: list[str], log_path: Path, **kwargs: Any) -> LiveProcess:
+        return cls([sys.executable, "-m", *module_args], log_path, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> re.Match[str]:
+        """Poll the log until ``pattern`` matched ``count`` times; return the last match."""
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            matches = list(regex.finditer(self.log()))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process exited ({self.proc.returncode}) before "
+                                     f"logging {pattern!r}:\n{self.log()[-3000:]}")
+            return None
+
+        return poll_until(found, timeout, message=f"{pattern!r} in {self.log_path.name}")
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """End the process by its PID; KILL its whole session if it outlives ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # children left behind by a crash
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def listening_port(proc: LiveProcess, timeout: float = 20.0) -> int:
+    match = proc.wait_for_log(r"Listening at: http://[\d.]+:(\d+)", timeout)
+    return int(match.group(1))
+
+
+def backend_endpoint(proc: LiveProcess, timeout: float = 20.0) -> str:
+    match = proc.wait_for_log(r"Backend at: (\S+)", timeout)
+    return match.group(1).split(",")[0]
+
+
+# -- raw HTTP -----------------------------------------------------------------------------
+
+class Response:
+    """One parsed HTTP response."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.complete = False
+        self.version = ""
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.decode("latin-1").lower() == name.lower():
+                return value.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes complete={self.complete}>"
+
+
+class ResponseReader:
+    """Parse responses from a byte stream with httptools (the client side)."""
+
+    def __init__(self, head_requests: int = 0) -> None:
+        self.responses: list[Response] = []
+        self._current: Response | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self._current = Response()
+        self._chunks = []
+
+    def on_status(self, status: bytes) -> None:
+        assert self._current is not None
+        self._current.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._current is not None
+        self._current.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._current is not None
+        self._current.status = self._parser.get_status_code()
+        self._current.version = self._parser.get_http_version()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def finish(self) -> None:
+        """The connection closed: a close-delimited body (RFC 9112 section 6.3) ends here."""
+        current = self._current
+        if current is not None and current.status and current.header("Content-Length") is None \
+                and current.header("Transfer-Encoding") is None:
+            self.on_message_complete()
+
+    def on_message_complete(self) -> None:
+        assert self._current is not None
+        self._current.body = b"".join(self._chunks)
+        self._current.complete = True
+        self.responses.append(self._current)
+        self._current = None
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 10.0,
+                   head: bool = False) -> tuple[list[Response], bool]:
+    """Read until ``count`` complete responses arrived or the peer closed.
+
+    Returns the responses and whether the connection was closed. For a response to HEAD
+    (``head=True``) the body is not expected, whatever the headers say.
+    """
+    sock.settimeout(timeout)
+    reader = ResponseReader()
+    closed = False
+    buffered = b""
+    deadline = time.monotonic() + timeout
+    while len(reader.responses) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {len(reader.responses)} of {count} responses")
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            closed = True
+            break
+        if not data:
+            closed = True
+            reader.finish()
+            break
+        buffered += data
+        if head:
+            while b"\r\n\r\n" in buffered and len(reader.responses) < count:
+                block, buffered = buffered.split(b"\r\n\r\n", 1)
+                response = Response()
+                lines = block.split(b"\r\n")
+                response.version = lines[0].split(b" ")[0].decode()
+                response.status = int(lines[0].split(b" ")[1])
+                response.headers = [tuple(line.split(b": ", 1)) for line in lines[1:]]
+                response.complete = True
+                reader.responses.append(response)
+            continue
+        try:
+            reader.feed(data)
+        except httptools.HttpParserError as exc:
+            raise AssertionError(f"malformed response: {exc}: {buffered[-500:]!r}") from exc
+    return reader.responses, closed
+
+
+def exchange(port: int, data: bytes, count: int = 1, timeout: float = 10.0,
+             head: bool = False) -> tuple[list[Response], bool]:
+    """Send raw bytes on a new connection; read ``count`` responses (or until closed)."""
+    with connect(port, timeout) as sock:
+        sock.sendall(data)
+        return read_responses(sock, count, timeout, head)
+
+
+def wait_closed(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """True once the peer closed the connection (reads EOF or a reset)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
