@@ -9,8 +9,10 @@ anywhere means no record of that frame is returned.
 from __future__ import annotations
 
 import random
+import re
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -406,3 +408,31 @@ def test_error_with_status_out_of_range_is_refused(status: int) -> None:
 def test_error_bad_utf8_message_is_replaced_not_fatal() -> None:
     record = one(raw_record(p.ERROR, 1, p.U16.pack(502) + b"bad \xff"))
     assert p.decode_error(record.payload) == (502, "bad \ufffd")
+
+
+# -- docs/protocol.md ------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def documented_dumps() -> dict[str, bytes]:
+    """The hex dumps of docs/protocol.md, by the name in their ``<!-- hex: NAME -->``."""
+    dumps = {}
+    for name, block in re.findall(r"<!-- hex: (\w+) -->\n```\n(.*?)```", DOCS.read_text(),
+                                  re.DOTALL):
+        dumps[name] = bytes.fromhex("".join(line[6:53] for line in block.splitlines()))
+    return dumps
+
+
+def test_documented_dumps_are_what_the_encoder_produces() -> None:
+    dumps = documented_dumps()
+    assert set(dumps) == {"request", "response", "ready"}
+    rid = 0x5C1E0B7A93D24E01
+    assert dumps["request"] == p.frame([p.encode_request(
+        rid, p.REQ_BODY_COMPLETE | p.REQ_KEEP_ALIVE, b"GET", b"/hello", b"HTTP/1.1",
+        b"127.0.0.1", 51234, b"127.0.0.1", 8000, b"http", [b"Host", b"localhost:8000"], 8)])
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n"
+            b"Date: Mon, 23 Nov 2026 23:11:57 GMT\r\n\r\n")
+    assert dumps["response"] == p.frame([p.encode_response(rid, p.RESP_END, head,
+                                                           b"Hello, world!\n")])
+    assert dumps["ready"] == p.frame([p.encode_ready(8, 8, 4242, "web1")])

@@ -51,7 +51,7 @@ log = logging.getLogger("wsgi_zmq.error.arbiter")
 
 SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD]
-SIG_NAMES = {sig: sig.name[3:].lower() for sig in SIGNALS}
+SIG_NAMES: dict[int, str] = {sig: sig.name[3:].lower() for sig in SIGNALS}
 
 _FAST_STOP_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0

@@ -29,6 +29,10 @@ class AppImportError(ConfigError):
     """``MODULE:CALLABLE`` could not be imported or does not name a callable."""
 
 
+class ClientDisconnected(OSError):
+    """Raised from ``wsgi.input`` when the client went away before sending the whole body."""
+
+
 class ProtocolError(ValueError):
     """A ZeroMQ message does not follow the wire protocol; it is logged and dropped."""
 

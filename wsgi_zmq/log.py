@@ -43,9 +43,9 @@ class ReopenableFileHandler(logging.FileHandler):
 def setup(cfg: Any) -> None:
     """Send the ``wsgi_zmq.error`` tree to ``cfg.errorlog`` at ``cfg.loglevel``."""
     root = logging.getLogger(ERROR_LOGGER)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     handler: logging.Handler
     if cfg.errorlog == "-":
         handler = logging.StreamHandler(sys.stderr)

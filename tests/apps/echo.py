@@ -10,9 +10,14 @@ def _environ_json(environ):
     return {k: v for k, v in environ.items() if isinstance(v, (str, int, bool, tuple))}
 
 
+def read_all(environ):
+    """The whole request body, read in sized pieces as PEP 3333 asks of an app."""
+    return b"".join(iter(lambda: environ["wsgi.input"].read(65536), b""))
+
+
 def echo(environ, start_response):
     """The environ as JSON, plus the body's length and sha256."""
-    body = environ["wsgi.input"].read()
+    body = read_all(environ)
     data = _environ_json(environ)
     data["body_length"] = len(body)
     data["body_sha256"] = hashlib.sha256(body).hexdigest()
@@ -67,7 +72,7 @@ def slow(environ, start_response):
     if "mark" in query:  # tells a test the request is running
         with open(query["mark"], "a") as f:
             f.write(f"{os.getpid()}\n")
-    environ["wsgi.input"].read()
+    read_all(environ)
     time.sleep(float(query.get("seconds", 1)))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"slept\n"]
@@ -113,7 +118,8 @@ def router(environ, start_response):
     path = environ["PATH_INFO"]
     for name, app in (("/echo", echo), ("/upload", upload), ("/big", big), ("/slow", slow),
                       ("/crash", crash), ("/closing", closing), ("/write", write_app),
-                      ("/status", status_app), ("/endless", endless), ("/noread", noread)):
+                      ("/status", status_app), ("/endless", endless), ("/noread", noread),
+                      ("/gated", gated), ("/die", die), ("/excinfo", excinfo)):
         if path.startswith(name):
             return app(environ, start_response)
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -158,3 +164,39 @@ def noread(environ, start_response):
     """Answer without reading the request body."""
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
     return [b"noread\n"]
+
+
+def gated(environ, start_response):
+    """Wait until the file ?go=PATH exists (a test creates it), then read the body like
+    upload(). Until then the body stays unread, so flow control must hold it back."""
+    path = environ["QUERY_STRING"].partition("go=")[2]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return upload(environ, start_response)
+
+
+def die(environ, start_response):
+    """Kill this worker process in the middle of the request, before any response: always,
+    or with ?once=PATH only while PATH does not exist (it is created first)."""
+    once = environ["QUERY_STRING"].partition("once=")[2]
+    if once:
+        if os.path.exists(once):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"survived\n"]
+        with open(once, "w") as f:
+            f.write("died")
+    os._exit(1)
+
+
+def excinfo(environ, start_response):
+    """Start a 200, hit an error, replace it with a 500 through exc_info (PEP 3333)."""
+    import sys
+
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("changed my mind")
+    except ValueError:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                       sys.exc_info())
+    return [b"recovered\n"]

@@ -134,8 +134,9 @@ def test_head_has_no_body_but_the_get_headers(port):
     """1. GET / and HEAD / 2. the HEAD answer has the same Content-Length and no body."""
     [got], _ = exchange(port, get("/"))
     with connect(port) as sock:
-        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n" + get("/"))
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
         [head], _ = read_responses(sock, 1, head=True)
+        sock.sendall(get("/"))
         [after], _ = read_responses(sock, 1)  # nothing stray between the two answers
     assert head.status == 200
     assert head.header("Content-Length") == got.header("Content-Length")
@@ -247,8 +248,9 @@ def test_no_body_statuses(port, code):
     """1. the app answers 204 or 304 with a body 2. no body reaches the client and the
     connection stays in sync for a next request."""
     with connect(port) as sock:
-        sock.sendall(get(f"/status?code={code}") + get("/"))
+        sock.sendall(get(f"/status?code={code}"))
         [first], _ = read_responses(sock, 1, head=True)
+        sock.sendall(get("/"))
         [second], _ = read_responses(sock, 1)
     assert first.status == int(code)
     assert second.body == b"Hello, world!\n"
@@ -303,3 +305,34 @@ def test_client_going_away_cancels_the_stream(port, tmp_path):
     for _ in range(4):
         [response], _ = exchange(port, get("/"))
         assert response.status == 200
+
+
+def test_start_response_with_exc_info_replaces_the_head(port):
+    """1. the app starts a 200, then calls start_response again with exc_info before any
+    body 2. the client gets the 500 it asked for second, with its body."""
+    [response], _ = exchange(port, get("/excinfo"))
+    assert response.status == 500
+    assert response.body == b"recovered\n"
+
+
+def test_app_wrapped_in_wsgiref_validator(stack):
+    """1. serve the echo router wrapped in wsgiref.validate.validator 2. GET, POST with a
+    body, a streamed response, write(), HEAD 3. every answer is right: the validator found
+    no PEP 3333 violation in the environ, input, start_response or iteration (it would
+    raise AssertionError and the worker would answer 500) 4. the worker logged no error."""
+    _, handler, port = stack.serve(app="apps.validated:application")
+    [response], _ = exchange(port, get("/echo?x=1"))
+    assert response.status == 200
+    assert json.loads(response.body)["QUERY_STRING"] == "x=1"
+    [response], _ = exchange(port, b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 70000"
+                                   b"\r\n\r\n" + b"p" * 70000)
+    assert json.loads(response.body)["length"] == 70000
+    [response], _ = exchange(port, get("/big?size=300000"))
+    assert len(response.body) == 300000
+    [response], _ = exchange(port, get("/write"))
+    assert response.body == b"written returned\n"
+    with connect(port) as sock:
+        sock.sendall(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        [response], _ = read_responses(sock, 1, head=True)
+    assert response.status == 200
+    assert "[ERROR]" not in handler.log()

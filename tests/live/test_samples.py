@@ -11,6 +11,7 @@ import os
 import re
 
 import requests
+
 from support import ROOT
 
 TIMEOUT = 15

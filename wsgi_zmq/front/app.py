@@ -28,7 +28,7 @@ or use ``python -m wsgi_zmq.front``, whose parser refuses all of these.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -109,7 +109,7 @@ class FrontApp:
             self.dispatcher.close()
             self.dispatcher = None
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         dispatcher = self._dispatcher()
         waiter = _Waiter()
         ex = Exchange(dispatcher.new_rid(), waiter)

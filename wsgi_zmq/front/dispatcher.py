@@ -394,7 +394,8 @@ class Dispatcher:
                 send(protocol.VERSION_BYTE + b"".join(records), _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._lost(peer, exc)
-        if self.sock.getsockopt(_EVENTS) & _POLLIN:
+        events: int = self.sock.getsockopt(_EVENTS)  # type: ignore[assignment]
+        if events & _POLLIN:
             self._on_readable()
 
     def _lost(self, peer: Peer, exc: zmq.ZMQError) -> None:
@@ -454,6 +455,7 @@ class Dispatcher:
                 except ProtocolError as exc:
                     log.warning("Dropped a malformed %s from %r: %s",
                                 protocol.KIND_NAMES[kind], peer, exc)
+                    self._abandon(peer, ex)
             elif kind == BYE:
                 self._on_bye(peer)
             elif kind != HEARTBEAT:
@@ -495,6 +497,15 @@ class Dispatcher:
         else:
             log.warning("Dropped %s from %r: not a worker's record", protocol.KIND_NAMES[kind],
                         peer)
+
+    def _abandon(self, peer: Peer, ex: Exchange) -> None:
+        """A worker broke the protocol on ``ex``: answer 502 and tell it to stop."""
+        if ex.finished:
+            return
+        self._post(peer, protocol.encode_signal(protocol.CANCEL, ex.rid))
+        self._finish(ex, peer)
+        if not ex.cancelled:
+            ex.sink.on_failure(ex, BadGateway("The worker sent a malformed reply"))
 
     def _on_ready(self, ident: bytes, payload: bytes, peer: Peer | None) -> Peer | None:
         try:

@@ -56,7 +56,7 @@ def split_target(target: str) -> tuple[str, str, str | None]:
         slash = rest.find("/")
         query_at = rest.find("?")
         cut = min(i for i in (slash, query_at, len(rest)) if i >= 0)
-        authority = rest[:cut]
+        authority = rest[:cut].rpartition("@")[2]  # userinfo is not part of the host
         target = rest[cut:]
         if not target.startswith("/"):
             target = "/" + target

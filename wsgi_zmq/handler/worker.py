@@ -34,7 +34,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from wsgi_zmq import protocol
-from wsgi_zmq.errors import ProtocolError
+from wsgi_zmq.errors import ClientDisconnected, ProtocolError
 from wsgi_zmq.handler.environ import build_environ
 from wsgi_zmq.handler.wsgi import BodyInput, FileWrapper, serve_request
 from wsgi_zmq.protocol import (
@@ -57,10 +57,6 @@ _BATCH_SECONDS = 0.002
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _NOBLOCK = zmq.NOBLOCK
 _zmq_Again = zmq.Again
-
-
-class ClientDisconnected(OSError):
-    """Raised from ``wsgi.input`` when the front cancelled the request mid-body."""
 
 
 class Front:
@@ -162,7 +158,7 @@ class Request:
         return self.body.popleft()
 
     def _grant(self) -> None:
-        if self.consumed:
+        if self.consumed > 0:
             self._post(protocol.encode_credit(self.rid, self.consumed))
             self.consumed = 0
 
@@ -191,6 +187,9 @@ class SyncWorker:
         self.base_environ: dict[str, Any] = {}
         self.host = socket.gethostname()
         self.served = 0
+        # flush replies every half capacity: the front refills one half while this worker
+        # serves the other, so the worker never waits a round trip for work
+        self.batch = max(1, min(_BATCH_REQUESTS, cfg.capacity // 2))
 
     # -- process setup ------------------------------------------------------------------
 
@@ -393,7 +392,7 @@ class SyncWorker:
             else:
                 self.handle(req)
             count += 1
-            if count >= _BATCH_REQUESTS or time.monotonic() - started > _BATCH_SECONDS:
+            if count >= self.batch or time.monotonic() - started > _BATCH_SECONDS:
                 self.flush_all()
                 started = time.monotonic()
                 count = 0
@@ -418,6 +417,7 @@ class SyncWorker:
         else:
             if head.body:
                 req.body.appendleft(head.body)
+                req.consumed = -1  # the piece inside REQUEST took no credit: grant none
             environ["wsgi.input"] = BodyInput(req)
         self.served += 1
         serve_request(self.app, environ, head, req, self.cfg.chunk_size)

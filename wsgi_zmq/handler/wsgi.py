@@ -36,7 +36,7 @@ from email.utils import formatdate
 from typing import Any, Final
 
 from wsgi_zmq import protocol
-from wsgi_zmq.errors import AppImportError
+from wsgi_zmq.errors import AppImportError, ClientDisconnected
 from wsgi_zmq.protocol import END_ABORT, END_CLOSE, REQ_KEEP_ALIVE, REQ_RAW, RESP_CLOSE, RESP_END
 
 log = logging.getLogger("wsgi_zmq.error.worker")
@@ -148,7 +148,7 @@ class BodyInput:
         return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -393,8 +393,11 @@ def serve_request(app: Any, environ: dict[str, Any], req: protocol.RequestHead, 
                 responder.send_whole(b"")
             else:
                 responder.finish()
-    except Exception:
-        log.exception("Error handling request %s %s", req.method, req.target[:200])
+    except Exception as exc:
+        if isinstance(exc, ClientDisconnected) or channel.cancelled:
+            log.info("Client went away during %s %s", req.method, req.target[:200])
+        else:
+            log.exception("Error handling request %s %s", req.method, req.target[:200])
         if channel.finished:
             pass
         elif responder.head_sent:
