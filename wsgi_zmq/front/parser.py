@@ -15,10 +15,14 @@ chunk size. This module adds what llhttp leaves to the server:
 
 - limits, each configurable: request line (414), number of fields and size of one field
   (431), body size (413);
-- ``Host`` exactly once in an HTTP/1.1 request (RFC 9112 section 3.2: else 400);
-- ``Transfer-Encoding`` only in HTTP/1.1 (section 6.1: else 400) and only ``chunked``
-  (section 6.1: a coding we do not understand gets 501);
-- a major version other than 1 gets 505; ``CONNECT`` gets 501 (we are no proxy); an
+- ``Host`` exactly once in an HTTP/1.1 request, at most once in any request, and with a
+  valid ``uri-host [ ":" port ]`` value (RFC 9112 section 3.2: else 400);
+- ``Transfer-Encoding`` only in HTTP/1.1 (section 6.1: else 400), with ``chunked`` as the
+  final coding (section 6.3: else 400) and no other coding (section 6.1: a coding we do
+  not understand gets 501);
+- a major version other than 1 gets 505, a higher 1.x minor version is served as HTTP/1.1
+  (RFC 9110 section 2.5); ``CONNECT`` gets 501 (we are no proxy); a method that is a token
+  but unknown to llhttp gets 501, anything else there 400 (RFC 9110 section 9.1); an
   ``Expect`` other than ``100-continue`` gets 417 (RFC 9110 section 10.1.1);
 - ``Upgrade`` is ignored (RFC 9110 section 7.8 allows it) and the request served as plain
   HTTP/1.1, including a ``Content-Length`` body that llhttp leaves unparsed on upgrade.
@@ -47,14 +51,25 @@ from wsgi_zmq.errors import (
 # RFC 9110 section 5.6.2: token = 1*tchar
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
+# RFC 9112 section 3.2 and RFC 9110 section 7.2: Host = uri-host [ ":" port ], where
+# (RFC 3986 section 3.2.2) uri-host = IP-literal / IPv4address / reg-name,
+# IP-literal = "[" ( IPv6address / IPvFuture ) "]", reg-name = *( unreserved / pct-encoded
+# / sub-delims ), port = *DIGIT. IP-literal and pct-encoded are checked by alphabet only.
+_HOST_VALUE: Final = re.compile(
+    rb"(?:\[[0-9A-Za-z.:\-_~!$&'()*+,;=]+\]|[0-9A-Za-z.\-_~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+# How much of a request's start is kept to judge a method llhttp refused: a token longer
+# than this is answered 501 without waiting for its end.
+_METHOD_PEEK: Final = 64
+# RFC 9112 section 2.2: empty lines before a request line are ignored (llhttp skips them).
+_EMPTY_LINES: Final = re.compile(rb"[\r\n]*")
+
 _HOST: Final = 1
 _TRANSFER_ENCODING: Final = 2
 _EXPECT: Final = 3
 _CONTENT_LENGTH: Final = 4
-_UPGRADE: Final = 5
 _SPECIAL: Final = {b"host": _HOST, b"transfer-encoding": _TRANSFER_ENCODING,
-                   b"expect": _EXPECT, b"content-length": _CONTENT_LENGTH,
-                   b"upgrade": _UPGRADE}
+                   b"expect": _EXPECT, b"content-length": _CONTENT_LENGTH}
 
 
 class Limits:
@@ -109,16 +124,29 @@ class RequestParser:
 
     __slots__ = ("sink", "limits", "_parser", "_url", "_headers", "_fields", "_host_count",
                  "_te", "_expect", "_length", "_upgrade", "_in_head", "_line", "_body_bytes",
-                 "_raw_body", "_head", "_finished", "_completed")
+                 "_raw_body", "_head", "_finished", "_completed", "_between", "_method",
+                 "_bad_method", "_in_method", "_begun", "_host_ok")
 
     def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
         self.sink = sink
         self.limits = limits or Limits()
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_parser(self)
         self._raw_body = 0  # bytes of an upgrade request's body llhttp left to us
         self._head: RequestHead | None = None
         self._finished = False  # a request that ends the connection was parsed
         self._completed = False  # a message completed during the current feed
+        # No byte of a next request has been parsed (the empty lines RFC 9112 section 2.2
+        # lets us ignore do not count): on_message_complete sets it, on_message_begin clears.
+        self._between = True
+        # The start of the request being parsed, kept while llhttp is still in its method
+        # and we know where that request started (it began a feed); None otherwise. llhttp
+        # refuses an unknown method at its first unexpected byte, before the method is
+        # complete. Copied only when a method spans feeds or is refused (the rare paths).
+        self._method: bytes | None = None
+        self._bad_method = False  # llhttp refused the method; waiting to see all of it
+        self._in_method = False  # a request began and llhttp has not accepted its method
+        self._begun = 0  # requests begun during the current feed
+        self._host_ok = b""  # the last Host value checked: keep-alive clients repeat it
         self._reset()
 
     def _reset(self) -> None:
@@ -137,7 +165,8 @@ class RequestParser:
     @property
     def idle(self) -> bool:
         """True between requests: nothing of a next request has been received yet."""
-        return self._in_head and self._line == 0 and not self._url and not self._fields
+        return (self._in_head and self._line == 0 and not self._url and not self._fields
+                and not self._raw_body)
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raise ``HTTPError`` (with its status) if the stream is refused.
@@ -145,12 +174,20 @@ class RequestParser:
         Bytes after a request that ends the connection (HTTP/1.0 without keep-alive,
         ``Connection: close``) are ignored: the connection closes after its response.
         """
-        if self._finished:
-            return
+        # The body of an upgrade request that also ends the connection is still read.
         if self._raw_body:
             data = self._feed_raw_body(data)
             if not data:
                 return
+        if self._finished:
+            return
+        if self._bad_method:
+            self._method = _peek(self._method or b"", data)
+            self._refuse_method()
+            return
+        known = self._between or self._method is not None  # where this request started
+        prefix = b"" if self._between else self._method or b""
+        self._begun = 0
         self._completed = False
         try:
             self._parser.feed_data(data)
@@ -160,12 +197,8 @@ class RequestParser:
                 raise cause from None
             raise BadRequest(str(exc)) from None
         except httptools.HttpParserInvalidMethodError:
-            # 501 for a well-formed method we do not implement, 400 for garbage; when the
-            # bad request did not start this read, its method is unknown: say 400
-            method = data.split(b" ", 1)[0] if self.idle and not self._completed else b""
-            if _TOKEN.fullmatch(method):
-                raise NotImplemented_("Method not implemented") from None
-            raise BadRequest("Invalid method") from None
+            self._bad_method = True
+            self._method = _peek(prefix, data) if known and self._begun <= 1 else None
         except httptools.HttpParserInvalidURLError:
             raise BadRequest("Invalid request target") from None
         except httptools.HttpParserUpgrade as exc:
@@ -175,6 +208,11 @@ class RequestParser:
             if self._finished:
                 return
             raise BadRequest(str(exc) or "Malformed request") from None
+        if self._bad_method:
+            self._refuse_method()
+            return
+        if self._in_method:  # the method continues in the next feed
+            self._method = _peek(prefix, data) if known and self._begun <= 1 else None
         if self._in_head:
             if self._completed:
                 # the bytes of this feed belonged (mostly) to the request that completed;
@@ -183,6 +221,26 @@ class RequestParser:
                 self._line = 0
             else:
                 self._track_line(data)
+
+    def _refuse_method(self) -> None:
+        # RFC 9110 section 9.1: an unrecognized method gets 501, but only a token followed
+        # by the SP of the request line (RFC 9112 section 3) is a method; anything else
+        # there is an invalid request line: 400. llhttp stops at the first byte that starts
+        # no method it knows, so decide only once the whole method is in (the answer must
+        # not depend on how the bytes were split) and until then wait for more. A request
+        # that did not start a feed (it followed another in one read) has no known start:
+        # 400.
+        start = self._method
+        if start is None:
+            raise BadRequest("Invalid method")
+        token = _TOKEN.match(start)
+        end = token.end() if token else 0
+        if end < len(start):
+            if end and start[end] == 0x20:
+                raise NotImplemented_("Method not implemented")
+            raise BadRequest("Invalid method")
+        if end >= _METHOD_PEEK:
+            raise NotImplemented_("Method not implemented")
 
     def _track_line(self, data: bytes) -> None:
         # httptools accumulates a partial header field without limit; bound the line in
@@ -200,7 +258,7 @@ class RequestParser:
         # llhttp pauses after an Upgrade request's head (skipping its body) or after a
         # CONNECT. We decline the upgrade: a fresh parser takes the bytes that follow.
         head = self._head
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_parser(self)
         self._reset()
         rest = data[offset:]
         if head is not None and head.content_length > 0:
@@ -221,14 +279,22 @@ class RequestParser:
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._between = False
+        self._in_method = True
+        self._begun += 1
         self._reset()
 
     def on_url(self, url: bytes) -> None:
+        self._in_method = False  # llhttp accepted the method
+        self._method = None
         self._url += url
         if len(self._url) > self.limits.request_line:
             raise URITooLong(f"Request line longer than {self.limits.request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # RFC 9112 section 5: OWS around the value is not part of it. llhttp drops the
+        # leading OWS but passes the trailing OWS on.
+        value = value.rstrip(b" \t")
         self._fields += 1
         if self._fields > self.limits.fields:
             raise HeaderFieldsTooLarge(f"More than {self.limits.fields} header fields")
@@ -241,14 +307,16 @@ class RequestParser:
         if special is not None:
             if special == _HOST:
                 self._host_count += 1
+                if value != self._host_ok:
+                    if not _HOST_VALUE.fullmatch(value):
+                        raise BadRequest("Invalid Host header")  # RFC 9112 section 3.2
+                    self._host_ok = value
             elif special == _TRANSFER_ENCODING:
                 self._te = value if self._te is None else self._te + b"," + value
             elif special == _CONTENT_LENGTH:
                 self._length = int(value)  # llhttp has checked it is 1*DIGIT
-            elif special == _EXPECT:
-                self._expect = value
             else:
-                self._upgrade = True
+                self._expect = value
         self._headers.append(name)
         self._headers.append(value)
 
@@ -260,14 +328,23 @@ class RequestParser:
         method = parser.get_method()
         if method == b"CONNECT":
             raise NotImplemented_("CONNECT is not supported")
-        if version != "1.0" and self._host_count != 1:
-            raise BadRequest("Missing Host header" if not self._host_count
-                             else "More than one Host header")
+        # RFC 9112 section 3.2: more than one Host is refused in any request (HTTP/1.0
+        # included), a missing one in HTTP/1.1.
+        if self._host_count > 1:
+            raise BadRequest("More than one Host header")
+        if version != "1.0" and not self._host_count:
+            raise BadRequest("Missing Host header")
         chunked = False
         if self._te is not None:
             if version == "1.0":
                 raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-            if self._te.strip().lower() != b"chunked":
+            # RFC 9110 section 5.6.1: empty list elements are ignored.
+            codings = [c for c in (c.strip().lower() for c in self._te.split(b",")) if c]
+            if not codings or codings[-1] != b"chunked":
+                # RFC 9112 section 6.3 (4): chunked is not the final coding, so the body
+                # length cannot be determined: 400, then close.
+                raise BadRequest("Transfer-Encoding does not end with chunked")
+            if len(codings) > 1:
                 raise NotImplemented_("Only the chunked transfer coding is supported")
             chunked = True
         limit = self.limits.body
@@ -281,7 +358,9 @@ class RequestParser:
         head = RequestHead()
         head.method = method
         head.target = self._url
-        head.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/" + version.encode()
+        # RFC 9110 section 2.5: a higher minor version is processed as the highest we
+        # implement.
+        head.version = b"HTTP/1.0" if version == "1.0" else b"HTTP/1.1"
         head.headers = self._headers
         head.keep_alive = parser.should_keep_alive()
         head.chunked = chunked
@@ -290,6 +369,9 @@ class RequestParser:
         self._in_head = False
         self._line = 0
         self._head = head
+        # llhttp hands the rest of the stream over (skipping any body) only for an Upgrade
+        # named in Connection (RFC 9110 section 7.8); another Upgrade field is just a field.
+        self._upgrade = parser.should_upgrade()
         if self._upgrade and chunked:
             raise BadRequest("Upgrade with a chunked body is not supported")
         self.sink.on_request(head)
@@ -304,6 +386,8 @@ class RequestParser:
     def on_message_complete(self) -> None:
         head = self._head
         self._completed = True
+        self._between = True
+        self._method = None
         self._in_head = True
         self._line = 0
         self._url = b""
@@ -313,6 +397,24 @@ class RequestParser:
         if self._upgrade and head is not None and head.content_length > 0:
             return  # llhttp skipped the body; _after_upgrade reads it and ends the request
         self.sink.on_request_end()
+
+
+def _new_parser(parser: RequestParser) -> httptools.HttpRequestParser:
+    llhttp = httptools.HttpRequestParser(parser)
+    # llhttp refuses versions other than 0.9, 1.0, 1.1 and 2.0 with a 400. RFC 9110 section
+    # 2.5 wants 1.x served as 1.1 and lets us answer another major version with 505: let
+    # any DIGIT "." DIGIT through and judge it in on_headers_complete.
+    llhttp.set_dangerous_leniencies(lenient_version=True)
+    return llhttp
+
+
+def _peek(prefix: bytes, data: bytes) -> bytes:
+    """The first ``_METHOD_PEEK`` bytes of a request: ``prefix`` (seen in earlier feeds),
+    then ``data``, whose leading empty lines are skipped if nothing came before."""
+    if not prefix:
+        match = _EMPTY_LINES.match(data)
+        data = data[match.end():] if match else data
+    return (prefix + data[:_METHOD_PEEK])[:_METHOD_PEEK]
 
 
 def request_is_idempotent(method: bytes) -> bool:
