@@ -346,3 +346,14 @@ def test_environ_remote_addr_is_the_client(stack):
     env = json.loads(response.body)
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["REMOTE_PORT"] == str(local_port)
+
+
+def test_children_exit_when_the_master_is_killed(stack):
+    """1. all-in-one with two workers 2. kill -9 the master 3. the front and the workers
+    notice their parent is gone and exit by themselves (no orphan keeps the port)."""
+    proc, port = stack.all_in_one(workers=2)
+    children = [int(p) for p in re.findall(r"Booting (?:worker|front) with pid: (\d+)",
+                                           proc.log())]
+    proc.send_signal(signal.SIGKILL)
+    poll_until(lambda: not any(pid_alive(pid) for pid in children), 15,
+               message="the children of a killed master to exit")

@@ -557,6 +557,18 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
         server.drain()
         gevent.spawn_later(cfg.graceful_timeout, server.stop)
 
+    if listeners is not None:
+        # started by a supervisor: if it dies (kill -9), do not outlive it holding the ports
+        parent = os.getppid()
+
+        def watch_parent() -> None:
+            if os.getppid() != parent:
+                log.warning("The supervisor %d is gone; the front stops", parent)
+                server.stop()
+
+        watcher = server.loop.timer(1.0, 1.0)
+        watcher.start(watch_parent)
+
     gevent.signal_handler(signal.SIGTERM, on_term)
     gevent.signal_handler(signal.SIGINT, server.stop)
     gevent.signal_handler(signal.SIGQUIT, server.stop)
