@@ -320,17 +320,23 @@ class Dispatcher:
             ex.body_credit = 0 if ex.expect else peer.window
             ex.sink.on_body_credit(ex, 0)
 
-    def _release(self, peer: Peer) -> None:
-        """One of ``peer``'s exchanges finished: give the capacity to the queue or back."""
+    def _release(self, peer: Peer, progressed: bool = True) -> None:
+        """One of ``peer``'s exchanges ended: give the capacity to the queue or back.
+
+        ``progressed`` is false for a request the worker handed back unstarted: that is no
+        sign the worker is moving again, so a stalled one gets nothing from the queue.
+        """
         if peer.gone:
             return
-        peer.progress = self.loop.now()
+        now = self.loop.now()
+        if progressed:
+            peer.progress = now
         if peer.leaving:
             peer.inflight -= 1
             if not peer.inflight:
                 self._forget(peer)
             return
-        while self.queued:
+        while self.queued and now - peer.progress < STALL_SECONDS:
             ex = self.queue.popleft()
             if ex.cancelled:
                 continue
@@ -492,7 +498,7 @@ class Dispatcher:
                 sink.on_failure(ex, WorkerError(status, message))
         elif kind == REJECT:
             del peer.exchanges[ex.rid]
-            self._release(peer)
+            self._release(peer, progressed=False)
             self._retry(ex, "the worker returned it unstarted", always=True)
         else:
             log.warning("Dropped %s from %r: not a worker's record", protocol.KIND_NAMES[kind],

@@ -13,9 +13,17 @@ that restarts gets a READY again, and the requests of a lost front are abandoned
 replies would go to a front that never asked).
 
 Replies are batched: records produced while the worker drains its queue leave as one frame
-per front, flushed when the queue is empty, after ``_BATCH_REQUESTS`` replies, or after
+per front, flushed when the queue is empty, after half ``capacity`` replies, or after
 ``_BATCH_SECONDS`` of app time, so a slow request does not hold back the replies of the fast
 ones before it. Before the worker blocks (waiting for body or credit), it flushes.
+
+A worker that holds several requests runs them in order, so one slow request would delay
+those queued behind it. When a request has run ``STEAL_SECONDS`` with others waiting, the
+worker hands the waiting ones back to their front (REJECT; the front dispatches them to a
+free worker). A sync worker is inside the app then, so a ``SIGALRM`` interval timer, armed
+only while requests wait, lets it act; the handler touches sockets only when the app, not
+the worker's own code, was running (``quiet == 0``). If the app installed its own
+``SIGALRM`` handler, the worker leaves it alone and does not hand requests back.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ log = logging.getLogger("wsgi_zmq.error.worker")
 
 _BATCH_REQUESTS = 64
 _BATCH_SECONDS = 0.002
+#: A request that has run this long hands the requests queued behind it back to the front.
+STEAL_SECONDS = 0.04
+_STEAL_TICK = 0.02
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _NOBLOCK = zmq.NOBLOCK
 _zmq_Again = zmq.Again
@@ -112,50 +123,72 @@ class Request:
         self.finished = True
         self.front.requests.pop(self.rid, None)
 
+    # Each channel method runs worker code (outboxes, sockets): ``quiet`` tells the SIGALRM
+    # handler to keep out meanwhile.
+
     def respond(self, flags: int, head: bytes, body: bytes, final: bool) -> None:
-        self._post(protocol.encode_response(self.rid, flags, head, body))
-        if final:
-            self._final()
-        else:
-            self.credit = self.window
-            self.worker.flush(self.front)  # PEP 3333: a block is never delayed
+        worker = self.worker
+        worker.quiet += 1
+        try:
+            self._post(protocol.encode_response(self.rid, flags, head, body))
+            if final:
+                self._final()
+            else:
+                self.credit = self.window
+                worker.flush(self.front)  # PEP 3333: a block is never delayed
+        finally:
+            worker.quiet -= 1
 
     def send_chunk(self, data: bytes) -> bool:
         worker = self.worker
-        while self.credit <= 0 and not self.cancelled:
+        worker.quiet += 1
+        try:
+            while self.credit <= 0 and not self.cancelled:
+                worker.flush(self.front)
+                worker.wait_within()
+            if self.cancelled:
+                return False
+            self.credit -= 1
+            self._post(protocol.encode_data(CHUNK, self.rid, data))
             worker.flush(self.front)
-            worker.wait()
-        if self.cancelled:
-            return False
-        self.credit -= 1
-        self._post(protocol.encode_data(CHUNK, self.rid, data))
-        worker.flush(self.front)
-        return True
+            return True
+        finally:
+            worker.quiet -= 1
 
     def end(self, flags: int, tail: bytes) -> None:
-        self._post(protocol.encode_end(self.rid, flags, tail))
-        self._final()
+        worker = self.worker
+        worker.quiet += 1
+        try:
+            self._post(protocol.encode_end(self.rid, flags, tail))
+            self._final()
+        finally:
+            worker.quiet -= 1
 
     # -- input --------------------------------------------------------------------------
 
     def read_body(self) -> bytes:
         worker = self.worker
-        if not self.granted:
-            self.granted = True
-            if self.payload and self.payload[0] & REQ_EXPECT:
-                self._post(protocol.encode_credit(self.rid, worker.cfg.window))
-        while not self.body:
-            if self.body_done:
-                return b""
-            if self.cancelled:
-                raise ClientDisconnected("the client went away before sending the whole body")
-            self._grant()
-            worker.flush(self.front)
-            worker.wait()
-        self.consumed += 1
-        if self.consumed >= max(1, worker.cfg.window // 2):
-            self._grant()
-        return self.body.popleft()
+        worker.quiet += 1
+        try:
+            if not self.granted:
+                self.granted = True
+                if self.payload and self.payload[0] & REQ_EXPECT:
+                    self._post(protocol.encode_credit(self.rid, worker.cfg.window))
+            while not self.body:
+                if self.body_done:
+                    return b""
+                if self.cancelled:
+                    raise ClientDisconnected("the client went away before sending the whole "
+                                             "body")
+                self._grant()
+                worker.flush(self.front)
+                worker.wait_within()
+            self.consumed += 1
+            if self.consumed >= max(1, worker.cfg.window // 2):
+                self._grant()
+            return self.body.popleft()
+        finally:
+            worker.quiet -= 1
 
     def _grant(self) -> None:
         if self.consumed > 0:
@@ -187,6 +220,10 @@ class SyncWorker:
         self.base_environ: dict[str, Any] = {}
         self.host = socket.gethostname()
         self.served = 0
+        self.quiet = 1  # worker code frames running; 0 only while the app runs
+        self.running_since = 0.0  # when the request being served started
+        self.steal = False  # hand back queued requests behind a slow one (SIGALRM is ours)
+        self.timer_armed = False
         # flush replies every half capacity: the front refills one half while this worker
         # serves the other, so the worker never waits a round trip for work
         self.batch = max(1, min(_BATCH_REQUESTS, cfg.capacity // 2))
@@ -199,6 +236,10 @@ class SyncWorker:
         signal.signal(signal.SIGTERM, self.handle_term)
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
+        if self.cfg.capacity > 1 and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+            signal.signal(signal.SIGALRM, self.handle_alarm)
+            signal.siginterrupt(signal.SIGALRM, False)  # restart system calls the app makes
+            self.steal = True
         self.base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.multithread": False,
@@ -234,6 +275,48 @@ class SyncWorker:
     def handle_term(self, signum: int, frame: Any) -> None:
         """TERM: take nothing new, finish what is held, exit (the main loop acts)."""
         self.alive = False
+
+    def handle_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM, while requests wait behind the running one: hand them back if it is
+        slow. Acts only when the app was running, never in the middle of worker code."""
+        if self.quiet == 0:
+            self.return_queued()
+
+    def return_queued(self) -> None:
+        """If the running request has run ``STEAL_SECONDS``, take in what the fronts sent
+        meanwhile and REJECT the queued requests whose body came whole (the front
+        dispatches them elsewhere); keep the others."""
+        if time.monotonic() - self.running_since < STEAL_SECONDS:
+            return
+        for front in self.fronts:
+            self._drain(front)
+        queue = self.queue
+        if not queue:
+            return
+        kept = []
+        handed = 0
+        for req in queue:
+            if req.finished or req.generation != req.front.generation:
+                continue
+            if req.cancelled:
+                req.end(END_ABORT, b"")
+            elif req.payload[0] & REQ_BODY_COMPLETE:
+                req._post(protocol.encode_signal(protocol.REJECT, req.rid))
+                req._final()
+                handed += 1
+            else:
+                kept.append(req)
+        queue.clear()
+        queue.extend(kept)
+        self.flush_all()
+        if handed:
+            log.info("Worker %d handed %d queued request(s) back: the running one has taken "
+                     "%.0f ms", self.pid, handed, (time.monotonic() - self.running_since) * 1e3)
+
+    def _arm(self, on: bool) -> None:
+        if on != self.timer_armed:
+            self.timer_armed = on
+            signal.setitimer(signal.ITIMER_REAL, _STEAL_TICK if on else 0, _STEAL_TICK)
 
     def handle_quit(self, signum: int, frame: Any) -> None:
         """INT/QUIT: stop now."""
@@ -292,6 +375,13 @@ class SyncWorker:
             log.warning("Worker %d: graceful timeout reached while draining", self.pid)
             return True
         return not self.queue and all(f.released or not f.connected for f in self.fronts)
+
+    def wait_within(self) -> None:
+        """Wait for records while a request runs (its body or credit is late): the queued
+        requests behind it go back to the front if it has run long."""
+        if self.steal:
+            self.return_queued()
+        self.wait()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until a socket has something (or ``timeout``, default the heartbeat)."""
@@ -383,6 +473,8 @@ class SyncWorker:
         started = time.monotonic()
         count = 0
         queue = self.queue
+        if self.steal:
+            self._arm(True)  # requests may arrive behind this one while the app runs
         while queue:
             req = queue.popleft()
             if req.generation != req.front.generation:
@@ -398,6 +490,8 @@ class SyncWorker:
                 count = 0
             if not self.alive and not self.leaving:
                 break  # start_leaving hands the rest of the queue back
+        if self.timer_armed:
+            self._arm(False)
         self.flush_all()
 
     def handle(self, req: Request) -> None:
@@ -420,7 +514,12 @@ class SyncWorker:
                 req.consumed = -1  # the piece inside REQUEST took no credit: grant none
             environ["wsgi.input"] = BodyInput(req)
         self.served += 1
-        serve_request(self.app, environ, head, req, self.cfg.chunk_size)
+        self.running_since = time.monotonic()
+        self.quiet = 0
+        try:
+            serve_request(self.app, environ, head, req, self.cfg.chunk_size)
+        finally:
+            self.quiet = 1
         if not req.finished:
             req.end(END_ABORT, b"")
 
