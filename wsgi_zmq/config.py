@@ -417,11 +417,12 @@ class Capacity(Setting):
     A sync worker still runs one request at a time, in order; holding several lets it
     answer them in one message and hides the round trip to the front, which is most of its
     speed under load (hello world, one worker: capacity 8 gives about half the throughput of
-    32). The cost is that a request can wait behind a slow one in the same worker, so the
-    front limits it: an idle worker is always chosen first, and a busy worker that has
-    finished nothing for 20 ms gets nothing new until it does. Set 1 for strict
-    one-request-per-worker dispatch (gunicorn's sync worker), for apps whose requests are
-    slow and uneven.
+    32). The cost is that a request could wait behind a slow one in the same worker, so:
+    an idle worker is always chosen first; a busy worker that has finished nothing for
+    20 ms gets nothing new until it does; and a worker whose current request has run
+    40 ms hands the requests waiting behind it back to the front, which dispatches them
+    elsewhere (this uses ``SIGALRM`` in the worker, unless the app installed its own
+    handler). Set 1 for strict one-request-per-worker dispatch, as gunicorn's sync worker.
     """
 
 

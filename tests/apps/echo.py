@@ -200,3 +200,13 @@ def excinfo(environ, start_response):
         start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
                        sys.exc_info())
     return [b"recovered\n"]
+
+
+def make_app(greeting="Hello"):
+    """An app factory, as ``module:make_app()`` or ``module:make_app("Hi")`` names it."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{greeting} from a factory\n".encode()]
+
+    return app

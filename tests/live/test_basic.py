@@ -14,3 +14,11 @@ def test_hello_through_front_and_handler(stack):
     assert response.header("Content-Length") == "14"
     assert response.header("Date")
     assert not closed
+
+
+def test_app_factory_with_arguments(stack):
+    """1. serve MODULE:factory("arg") as gunicorn resolves it 2. the app the factory built
+    answers."""
+    _, _, port = stack.serve(app='apps.echo:make_app("Hi")')
+    [response], _ = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.body == b"Hi from a factory\n"
