@@ -44,7 +44,6 @@ from wsgi_zmq.errors import (
     EXIT_OK,
     EXIT_WORKER_BOOT,
     AppImportError,
-    ConfigError,
 )
 
 log = logging.getLogger("wsgi_zmq.error.arbiter")
@@ -316,32 +315,38 @@ class Arbiter:
             self.children[pid] = Child(pid, "worker", self.worker_age)
             log.info("Booting worker with pid: %d", pid)
             return
+        self._child("worker", lambda: self._run_worker(worker))
+
+    def _run_worker(self, worker: Any) -> int:
+        from wsgi_zmq.handler.wsgi import import_app
+
+        try:
+            assert self.app_uri is not None
+            worker.app = import_app(self.app_uri)
+        except AppImportError as exc:
+            log.error("%s", exc)
+            log.debug("Traceback of the import failure", exc_info=exc.__cause__)
+            return EXIT_CONFIG
+        try:
+            worker.init_process()
+        except Exception:
+            log.exception("Worker %d failed to boot", os.getpid())
+            return EXIT_WORKER_BOOT
+        worker.run()
+        return EXIT_OK
+
+    def _child(self, kind: str, run: Any) -> None:
+        """In a forked child: reset what the master set up, run, and exit with the status
+        ``run`` returns (never return into the master's code)."""
         status = EXIT_FAILURE
         try:
             self._child_reset()
-            set_process_title("worker")
-            from wsgi_zmq.handler.wsgi import import_app
-
-            try:
-                assert self.app_uri is not None
-                worker.app = import_app(self.app_uri)
-            except AppImportError as exc:
-                log.error("%s", exc)
-                log.debug("Traceback of the import failure", exc_info=exc.__cause__)
-                status = EXIT_CONFIG
-                return
-            try:
-                worker.init_process()
-            except Exception:
-                log.exception("Worker %d failed to boot", os.getpid())
-                status = EXIT_WORKER_BOOT
-                return
-            worker.run()
-            status = EXIT_OK
+            set_process_title(kind)
+            status = run()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else EXIT_OK
         except BaseException:
-            log.exception("Worker %d crashed", os.getpid())
+            log.exception("%s %d crashed", kind.capitalize(), os.getpid())
         finally:
             _exit(status)
 
@@ -349,18 +354,10 @@ class Arbiter:
         """Bind the front's HTTP sockets here, so a restarted front keeps the same ports
         and the connections waiting in the backlog."""
         from wsgi_zmq.config import bind_addresses
+        from wsgi_zmq.front.sockets import listen
 
-        for host, port in bind_addresses(self.cfg):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                sock.close()
-                raise ConfigError(f"Cannot listen at {host}:{port}: {exc.strerror}") from None
-            sock.listen(self.cfg.backlog)
-            self.listeners.append(sock)
+        self.listeners = [listen(host, port, self.cfg.backlog)
+                          for host, port in bind_addresses(self.cfg)]
 
     def spawn_front(self) -> None:
         """Fork the front and wait until it reports the backend endpoints it bound."""
@@ -373,21 +370,15 @@ class Arbiter:
             log.info("Booting front with pid: %d", pid)
             self.front_endpoints = self._read_report(report_r, pid)
             return
-        status = EXIT_FAILURE
-        try:
-            os.close(report_r)
-            self._child_reset()
-            set_process_title("front")
+        os.close(report_r)
+
+        def run() -> int:
             self.cfg.set("backend", backend)
             from wsgi_zmq.front.server import serve
 
-            status = serve(self.cfg, listeners=self.listeners, report_fd=report_w)
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else EXIT_OK
-        except BaseException:
-            log.exception("Front %d crashed", os.getpid())
-        finally:
-            _exit(status)
+            return serve(self.cfg, listeners=self.listeners, report_fd=report_w)
+
+        self._child("front", run)
 
     def _read_report(self, fd: int, pid: int) -> list[str]:
         deadline = time.monotonic() + _FRONT_START_SECONDS

@@ -309,13 +309,7 @@ class Dispatcher:
         ex.worker = peer
         ex.attempts += 1
         peer.exchanges[ex.rid] = ex
-        outbox = peer.outbox
-        if not outbox:
-            self._dirty.append(peer)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.run_callback(self.flush)
-        outbox.append(ex.record)
+        self._post(peer, ex.record)
         if not ex.body_complete:
             ex.body_credit = 0 if ex.expect else peer.window
             ex.sink.on_body_credit(ex, 0)

@@ -53,6 +53,7 @@ from wsgi_zmq.errors import (
 )
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
+from wsgi_zmq.front.sockets import listen
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.protocol import (
     END_ABORT,
@@ -516,20 +517,6 @@ class FrontServer:
                 listener.stop()
         self.dispatcher.flush()
         self.dispatcher.close()
-
-
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """Bind and listen on ``host:port``; raise ``ConfigError`` with one clear line."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"Cannot listen at {host}:{port}: {exc.strerror}") from None
-    return sock
 
 
 def serve(cfg: Any, listeners: list[socket.socket] | None = None,
