@@ -97,34 +97,17 @@ def test_killed_worker_fails_its_started_request_with_502(stack, tmp_path):
     assert response.status == 200
 
 
-def _inflight(port: int) -> int:
-    """How many requests the echo app sees as running: read from the front's log is not
-    possible, so count connections to the HTTP port in ESTABLISHED state from /proc."""
-    count = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                lines = f.readlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01":
-                count += 1
-    return count
-
-
-def test_full_queue_answers_503_with_retry_after(stack):
+def test_full_queue_answers_503_with_retry_after(stack, tmp_path):
     """1. one worker of capacity 1, a queue of 1 2. three slow requests at once 3. one is
     served, one waits and is served, the third gets 503 with Retry-After at once."""
-    _, _, port = stack.serve(front_args=("--queue-size", "1"),
-                             handler_args=("--capacity", "1"))
+    front, _, port = stack.serve(front_args=("--queue-size", "1", "--log-level", "debug"),
+                                 handler_args=("--capacity", "1"))
+    mark = tmp_path / "running"
     results: list = []
-    busy = send_async(port, get("/slow?seconds=2"), results)
-    poll_until(lambda: _inflight(port) >= 1, 10)
+    busy = send_async(port, get(f"/slow?seconds=2&mark={mark}"), results)
+    poll_until(mark.exists, 10, message="the first request to run")
     queued = send_async(port, get("/slow?seconds=0.1"), results)
-    poll_until(lambda: _inflight(port) >= 2, 10)
+    front.wait_for_log(r"Queued request \w+: 1 waiting")
     [refused], closed = exchange(port, get("/"))
     assert refused.status == 503
     assert refused.header("Retry-After") == "1"
@@ -283,13 +266,14 @@ def test_all_in_one_stops_every_process_on_sigint_and_sigterm(stack):
                    message="children to exit")
 
 
-def test_term_finishes_requests_in_flight(stack):
+def test_term_finishes_requests_in_flight(stack, tmp_path):
     """1. all-in-one, a 1 s request in flight 2. SIGTERM the master 3. the request still gets
     its 200 4. everything exits with status 0."""
     proc, port = stack.all_in_one()
+    mark = tmp_path / "running"
     with connect(port) as sock:
-        sock.sendall(get("/slow?seconds=1"))
-        poll_until(lambda: _inflight(port) >= 1, 10)
+        sock.sendall(get(f"/slow?seconds=1&mark={mark}"))
+        poll_until(mark.exists, 10, message="the request to run")
         proc.send_signal(signal.SIGTERM)
         [response], _ = read_responses(sock, 1, timeout=20)
     assert response.status == 200

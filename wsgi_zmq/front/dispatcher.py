@@ -80,6 +80,10 @@ _EVENTS = zmq.EVENTS
 _split_frame = protocol.split_frame
 
 
+def _debug() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
+
 class Sink(Protocol):
     """The side that owns a request (an HTTP connection, or ``FrontApp``)."""
 
@@ -233,6 +237,8 @@ class Dispatcher:
         ex.queued_at = self.loop.now()
         self.queue.append(ex)
         self.queued += 1
+        if _debug():
+            log.debug("Queued request %x: %d waiting", ex.rid, self.queued)
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
         """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
