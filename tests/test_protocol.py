@@ -352,7 +352,7 @@ def test_every_truncation_of_a_valid_frame_is_refused() -> None:
 def _request_payload(strings: bytes, nheaders: int, strings_len: int | None = None,
                      body: bytes = b"") -> bytes:
     length = len(strings) if strings_len is None else strings_len
-    return p.REQUEST_HEAD.pack(0, 1, 2, nheaders, 8, length) + strings + body
+    return p.REQUEST_HEAD.pack(0, 1, 2, nheaders, 8, 0, length) + strings + body
 
 
 SIX = b"\x00".join([b"GET", b"/", b"HTTP/1.1", b"127.0.0.1", b"localhost", b"http"])

@@ -12,16 +12,29 @@ TERM      graceful stop: the front (all-in-one) finishes its requests first, the
           worker says BYE to its fronts, finishes what it holds and exits; anything still
           running after ``graceful_timeout`` is killed
 INT/QUIT  fast stop: children are told to exit now, killed if still there after 2 seconds
+HUP       reload: re-read the configuration, fork new workers (which import the app
+          afresh unless ``preload_app``), and retire the old ones once every new one is
+          connected to its fronts; if the new ones cannot load the app, keep the old ones
 TTIN      one more worker
 TTOU      one worker fewer (the oldest; it drains like on TERM)
+USR1      reopen the log files, here and in every child
+USR2      (handler pool only) start a new master from the same command line, beside this
+          one: the way to upgrade wsgi_zmq itself; TERM the old one once the new one serves
 CHLD      reap exited children; replace workers and the front that died
 ========  =================================================================================
 
 Signal handlers only queue the signal and wake the main loop; the loop calls
-``handle_<name>()``. The master never imports gevent, and creates no zmq context: workers
-and the front build theirs after the fork. A worker that exits with ``EXIT_CONFIG`` (its app
-would not import) or ``EXIT_WORKER_BOOT`` stops the pool with that code instead of being
-forked again and again.
+``handle_<name>()``. The master never imports gevent and creates no zmq context: workers
+and the front build theirs after the fork. Every loop turn it also looks at each worker's
+liveness file (``WorkerTmp``): a worker silent for longer than ``timeout`` gets SIGABRT,
+then SIGKILL. A worker that exits with ``EXIT_CONFIG`` (its app would not import) or
+``EXIT_WORKER_BOOT`` at start stops the pool with that code instead of being forked again
+and again.
+
+Hooks from the config (``on_starting``, ``when_ready``, ``pre_fork``, ``post_fork``,
+``child_exit``, ``worker_exit``, ``nworkers_changed``, ``on_reload``, ``pre_exec``,
+``on_exit``) are called with this object as ``server``: it has ``cfg``, ``log``, ``pid``,
+``num_workers`` and ``children`` (pid -> ``Child``, whose ``worker`` is the worker object).
 """
 
 from __future__ import annotations
@@ -34,7 +47,9 @@ import select
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from wsgi_zmq import log as wlog
@@ -44,25 +59,37 @@ from wsgi_zmq.errors import (
     EXIT_OK,
     EXIT_WORKER_BOOT,
     AppImportError,
+    ConfigError,
 )
 
 log = logging.getLogger("wsgi_zmq.error.arbiter")
 
 SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
-           signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD]
+           signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD]
 SIG_NAMES: dict[int, str] = {sig: sig.name[3:].lower() for sig in SIGNALS}
 
 _FAST_STOP_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0
+_READY_BIT = 0o2
 
 
-def set_process_title(title: str) -> None:
-    """``wsgi_zmq: <title>`` in ps, when setproctitle is installed."""
+def set_process_title(title: str, cfg: Any = None) -> None:
+    """``wsgi_zmq: <title> [proc_name]`` in ps, when setproctitle is installed."""
     try:
         from setproctitle import setproctitle
     except ImportError:
         return
-    setproctitle(f"wsgi_zmq: {title}")
+    name = getattr(cfg, "proc_name", None) if cfg is not None else None
+    setproctitle(f"wsgi_zmq: {title}" + (f" [{name}]" if name else ""))
+
+
+def set_owner(cfg: Any) -> None:
+    """Switch to ``cfg.group`` and ``cfg.user`` (group first, while we still may)."""
+    if cfg.group is not None and os.getegid() != cfg.group:
+        os.setgroups([cfg.group])
+        os.setgid(cfg.group)
+    if cfg.user is not None and os.geteuid() != cfg.user:
+        os.setuid(cfg.user)
 
 
 class HaltServer(Exception):
@@ -72,37 +99,127 @@ class HaltServer(Exception):
         self.exit_status = exit_status
 
 
+class WorkerTmp:
+    """A worker's liveness file, unlinked at once and shared through the fork.
+
+    The worker changes the file's mode to say it is alive (the change moves its ctime) and
+    sets a bit of the mode once it is connected to every front; the master reads both with
+    one ``fstat``. Kept in ``/dev/shm`` where there is one, so no disk is touched.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="wsgi_zmq-", dir=directory)
+        os.unlink(path)
+        if cfg.user is not None or cfg.group is not None:
+            os.fchown(fd, cfg.user if cfg.user is not None else -1,
+                      cfg.group if cfg.group is not None else -1)
+        self.fd = fd
+        self.spinner = 0
+        self.ready = False
+
+    def notify(self) -> None:
+        self.spinner ^= 1
+        os.fchmod(self.fd, self.spinner | (_READY_BIT if self.ready else 0))
+
+    def set_ready(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.notify()
+
+    def last_update(self) -> float:
+        return os.fstat(self.fd).st_ctime
+
+    def is_ready(self) -> bool:
+        return bool(os.fstat(self.fd).st_mode & _READY_BIT)
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class Pidfile:
+    """The master's pid in a file; a file naming a live process refuses the start."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def create(self, pid: int) -> None:
+        try:
+            with open(self.path) as f:
+                old = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            old = 0
+        if old and old != pid and _alive(old):
+            raise ConfigError(f"Pidfile {self.path} names the running process {old}")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{pid}\n")
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, self.path)
+
+    def rename(self, path: str) -> None:
+        os.rename(self.path, path)
+        self.path = path
+
+    def unlink(self, pid: int) -> None:
+        try:
+            with open(self.path) as f:
+                if int(f.read().strip() or 0) != pid:
+                    return  # another master (USR2) owns it now
+            os.unlink(self.path)
+        except (OSError, ValueError):
+            pass
+
+
 class Child:
     """A forked child the arbiter watches."""
 
-    __slots__ = ("pid", "kind", "age", "booted", "stopping")
+    __slots__ = ("pid", "kind", "age", "booted", "stopping", "worker", "tmp", "aborted",
+                 "reload")
 
-    def __init__(self, pid: int, kind: str, age: int) -> None:
+    def __init__(self, pid: int, kind: str, age: int, worker: Any = None,
+                 tmp: WorkerTmp | None = None, reload: int = 0) -> None:
         self.pid = pid
         self.kind = kind  # "worker" or "front"
         self.age = age
         self.booted = time.monotonic()
         self.stopping = False
+        self.worker = worker
+        self.tmp = tmp
+        self.aborted = False
+        self.reload = reload  # the HUP this worker was forked for, 0 for none
 
 
 class Arbiter:
     """See the module docstring."""
 
     def __init__(self, cfg: Any, app_uri: str | None, endpoints: list[str] | None = None,
-                 front: bool = False) -> None:
+                 front: bool = False, reload_config: Callable[[], Any] | None = None) -> None:
         self.cfg = cfg
         self.app_uri = app_uri
         self.endpoints = list(endpoints or [])
         self.with_front = front
+        self.reload_config = reload_config
         self.num_workers: int = cfg.workers
         self.children: dict[int, Child] = {}
         self.sig_queue: list[int] = []
         self.wake_r = self.wake_w = -1
         self.worker_age = 0
         self.pid = os.getpid()
+        self.log = log  # for hooks written for gunicorn: server.log.info(...)
         self.listeners: list[socket.socket] = []
         self.front_endpoints: list[str] = []
         self.stopping = False
+        self.app: Any = None  # the app, when preloaded in the master
+        self.pidfile: Pidfile | None = None
+        self.reexec_pid = 0
+        self.reloads = 0
+        self.retiring: list[Child] = []  # old workers waiting for a reload to be ready
+        self.retire_deadline = 0.0
 
     # -- signals ------------------------------------------------------------------------
 
@@ -135,24 +252,42 @@ class Arbiter:
         except (BlockingIOError, InterruptedError):
             pass
 
+    def call_hook(self, name: str, *args: Any) -> None:
+        """Run a server hook from the config; an exception in it is logged, not raised."""
+        try:
+            getattr(self.cfg, name)(*args)
+        except Exception:
+            log.exception("Exception in the %s hook", name)
+
     # -- the main loop ------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped; return the exit status."""
-        set_process_title("master" if not self.with_front else "master (all-in-one)")
+        set_process_title("master" if not self.with_front else "master (all-in-one)",
+                          self.cfg)
         self.init_signals()
+        status = EXIT_OK
         try:
+            self.call_hook("on_starting", self)
+            if self.cfg.pidfile:
+                self.pidfile = Pidfile(self.cfg.pidfile)
+                self.pidfile.create(self.pid)
+            if self.cfg.preload_app:
+                self.app = self.load_app()
             if self.with_front:
                 self.bind_listeners()
                 self.spawn_front()
             log.info("Handler pool %d serving %s with %d worker(s)", self.pid,
                      self.app_uri, self.num_workers)
             self.manage_workers()
+            self.call_hook("when_ready", self)
             while True:
                 sig = self.sig_queue.pop(0) if self.sig_queue else None
                 if sig is None:
                     self.sleep()
                     self.reap_children()
+                    self.murder_workers()
+                    self.check_retiring()
                     self.manage_workers()
                     continue
                 handler = getattr(self, "handle_" + SIG_NAMES[sig], None)
@@ -160,17 +295,32 @@ class Arbiter:
                     handler()
                 self.wakeup()
         except StopIteration:
-            return EXIT_OK
+            status = EXIT_OK
         except HaltServer as exc:
-            return self.halt(exc.reason, exc.exit_status)
+            status = self.halt(exc.reason, exc.exit_status)
         except KeyboardInterrupt:
             self.stop(graceful=False)
-            return EXIT_OK
+        finally:
+            self.call_hook("on_exit", self)
+            if self.pidfile is not None:
+                self.pidfile.unlink(self.pid)
+        return status
+
+    def load_app(self) -> Any:
+        from wsgi_zmq.handler.wsgi import import_app
+
+        try:
+            assert self.app_uri is not None
+            return import_app(self.app_uri)
+        except AppImportError as exc:
+            log.error("%s", exc)
+            log.debug("Traceback of the import failure", exc_info=exc.__cause__)
+            raise HaltServer("the application failed to load", EXIT_CONFIG) from None
 
     def halt(self, reason: str, status: int) -> int:
         self.stop(graceful=False)
         if status in (EXIT_OK, EXIT_CONFIG):
-            # for EXIT_CONFIG the child has logged the one line that names the problem
+            # for EXIT_CONFIG the one line that names the problem is already logged
             log.info("Shutting down: %s", reason)
         else:
             log.error("Shutting down: %s", reason)
@@ -194,33 +344,88 @@ class Arbiter:
 
     def handle_ttin(self) -> None:
         """One more worker."""
-        self.num_workers += 1
-        log.info("TTIN: %d worker(s)", self.num_workers)
-        self.manage_workers()
+        self.set_num_workers(self.num_workers + 1)
 
     def handle_ttou(self) -> None:
         """One worker fewer (never below one)."""
-        if self.num_workers <= 1:
-            return
-        self.num_workers -= 1
-        log.info("TTOU: %d worker(s)", self.num_workers)
+        if self.num_workers > 1:
+            self.set_num_workers(self.num_workers - 1)
+
+    def set_num_workers(self, count: int) -> None:
+        old, self.num_workers = self.num_workers, count
+        log.info("%d worker(s), was %d", count, old)
+        self.call_hook("nworkers_changed", self, count, old)
         self.manage_workers()
 
     def handle_usr1(self) -> None:
         """Reopen log files, here and in every child."""
-        wlog.reopen()
+        wlog.reopen(self.cfg)
         for pid in list(self.children):
             self.kill(pid, signal.SIGUSR1)
 
+    def handle_usr2(self) -> None:
+        """Start a new master from the same command line, beside this one (handler pool)."""
+        if self.with_front:
+            log.warning("USR2 is not offered in all-in-one mode (the new front could not "
+                        "bind the same backend); use HUP, or run the front and the pools "
+                        "apart")
+            return
+        if self.reexec_pid:
+            log.warning("USR2 ignored: the new master %d is still running", self.reexec_pid)
+            return
+        if self.pidfile is not None:
+            self.pidfile.rename(self.pidfile.path + ".oldbin")
+        pid = os.fork()
+        if pid:
+            self.reexec_pid = pid
+            log.info("Started a new master, pid %d; TERM this one (%d) once it serves", pid,
+                     self.pid)
+            return
+        self._child_reset()
+        self.call_hook("pre_exec", self)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
     def handle_hup(self) -> None:
-        """Reload: start new workers, then retire the old ones."""
-        log.info("HUP: replacing %d worker(s)", self.num_workers)
-        old = [c for c in self.children.values() if c.kind == "worker" and not c.stopping]
+        """Reload: re-read the config, fork new workers, retire the old once they are
+        ready (see ``check_retiring``)."""
+        log.info("Reloading: new workers replace the %d running", self.num_workers)
+        if self.reload_config is not None:
+            try:
+                cfg = self.reload_config()
+            except ConfigError as exc:
+                log.error("Reload refused, the configuration is bad: %s", exc)
+                return
+            self.cfg = cfg
+            wlog.setup(cfg)
+            if cfg.workers != self.num_workers:
+                self.set_num_workers(cfg.workers)
+        self.call_hook("on_reload", self)
+        self.reloads += 1
+        old = [c for c in self.workers() if not c.reload or c.reload < self.reloads]
+        self.retiring = old
+        self.retire_deadline = time.monotonic() + max(self.cfg.timeout or 30, 30)
         for _ in range(self.num_workers):
-            self.spawn_worker()
-        for child in old:
-            child.stopping = True
-            self.kill(child.pid, signal.SIGTERM)
+            self.spawn_worker(reload=self.reloads)
+
+    def check_retiring(self) -> None:
+        """Retire the workers a HUP replaces once every new one is connected to its fronts
+        (or after ``timeout``, at least 30 s, with a warning)."""
+        if not self.retiring:
+            return
+        new = [c for c in self.workers() if c.reload == self.reloads]
+        ready = bool(new) and all(c.tmp is not None and c.tmp.is_ready() for c in new)
+        late = time.monotonic() > self.retire_deadline
+        if not ready and not late:
+            return
+        if late and not ready:
+            log.warning("Reload: the new workers are not all connected in time; retiring "
+                        "the old ones anyway")
+        for child in self.retiring:
+            if child.pid in self.children:
+                child.stopping = True
+                self.kill(child.pid, signal.SIGTERM)
+        log.info("Reload done: %d old worker(s) retiring", len(self.retiring))
+        self.retiring = []
 
     # -- children -----------------------------------------------------------------------
 
@@ -233,14 +438,37 @@ class Arbiter:
             return
         if self.with_front and not any(c.kind == "front" for c in self.children.values()):
             self.spawn_front()
-        running = sorted(self.workers(), key=lambda c: c.age)
+        running = [c for c in self.workers() if c not in self.retiring]
+        running.sort(key=lambda c: c.age)
         while len(running) < self.num_workers:
-            self.spawn_worker()
-            running = self.workers()
+            self.spawn_worker(reload=self.reloads if self.retiring else 0)
+            running = [c for c in self.workers() if c not in self.retiring]
         while len(running) > self.num_workers:
             oldest = running.pop(0)
             oldest.stopping = True
             self.kill(oldest.pid, signal.SIGTERM)
+
+    def murder_workers(self) -> None:
+        """Abort workers silent for longer than ``timeout``: SIGABRT, then SIGKILL."""
+        timeout = self.cfg.timeout
+        if not timeout:
+            return
+        now = time.time()
+        for child in list(self.children.values()):
+            if child.tmp is None:
+                continue
+            try:
+                silent = now - child.tmp.last_update()
+            except OSError:
+                continue
+            if silent <= timeout:
+                continue
+            if not child.aborted:
+                log.critical("WORKER TIMEOUT (pid:%d): silent for %.0f s", child.pid, silent)
+                child.aborted = True
+                self.kill(child.pid, signal.SIGABRT)
+            else:
+                self.kill(child.pid, signal.SIGKILL)
 
     def reap_children(self) -> None:
         while True:
@@ -250,13 +478,24 @@ class Arbiter:
                 return
             if not pid:
                 return
+            if pid == self.reexec_pid:
+                self.reexec_pid = 0
+                log.info("The master started by USR2 (%d) exited", pid)
+                continue
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            if child.tmp is not None:
+                child.tmp.close()
             code = os.waitstatus_to_exitcode(status)
+            if child.kind == "worker":
+                self.call_hook("child_exit", self, child.worker)
             if code in (EXIT_CONFIG, EXIT_WORKER_BOOT) and not child.stopping:
-                what = "application failed to load" if code == EXIT_CONFIG \
-                    else "worker failed to boot"
+                what = ("application failed to load" if code == EXIT_CONFIG
+                        else "worker failed to boot")
+                if child.reload and child.reload == self.reloads and self.retiring:
+                    self.abort_reload(f"worker {pid}: {what}")
+                    continue
                 raise HaltServer(f"{child.kind} {pid}: {what}", code)
             reason = f"signal {-code}" if code < 0 else f"exit code {code}"
             if child.stopping or self.stopping:
@@ -265,11 +504,25 @@ class Arbiter:
                 log.warning("%s %d died (%s); replacing it", child.kind.capitalize(), pid,
                             reason)
 
+    def abort_reload(self, reason: str) -> None:
+        """The new workers of a HUP cannot serve: stop them and keep the old ones."""
+        log.error("Reload failed (%s); the old workers keep serving", reason)
+        for child in self.workers():
+            if child.reload == self.reloads:
+                child.stopping = True
+                self.kill(child.pid, signal.SIGTERM)
+        for child in self.retiring:
+            child.reload = 0
+        self.retiring = []
+        self.reloads += 1  # so the stopped new ones are not mistaken for current
+
     def kill(self, pid: int, sig: int) -> None:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            self.children.pop(pid, None)
+            child = self.children.pop(pid, None)
+            if child is not None and child.tmp is not None:
+                child.tmp.close()
 
     def stop(self, graceful: bool = True) -> None:
         """Stop every child: the front first (it needs the workers to finish), then the
@@ -304,25 +557,38 @@ class Arbiter:
 
     # -- forking ------------------------------------------------------------------------
 
-    def spawn_worker(self) -> None:
+    def spawn_worker(self, reload: int = 0) -> None:
         from wsgi_zmq.handler.worker import SyncWorker
 
         self.worker_age += 1
         endpoints = self.front_endpoints if self.with_front else self.endpoints
-        worker = SyncWorker(self.cfg, None, endpoints, self.worker_age, self.pid)
+        worker = SyncWorker(self.cfg, self.app, endpoints, self.worker_age, self.pid)
+        worker.tmp = WorkerTmp(self.cfg)
+        self.call_hook("pre_fork", self, worker)
         pid = os.fork()
         if pid:
-            self.children[pid] = Child(pid, "worker", self.worker_age)
+            worker.pid = pid
+            self.children[pid] = Child(pid, "worker", self.worker_age, worker, worker.tmp,
+                                       reload)
             log.info("Booting worker with pid: %d", pid)
             return
         self._child("worker", lambda: self._run_worker(worker))
 
     def _run_worker(self, worker: Any) -> int:
-        from wsgi_zmq.handler.wsgi import import_app
-
+        worker.pid = os.getpid()
         try:
-            assert self.app_uri is not None
-            worker.app = import_app(self.app_uri)
+            set_owner(self.cfg)
+        except OSError as exc:
+            log.error("Cannot switch to user %s / group %s: %s", self.cfg.user,
+                      self.cfg.group, exc)
+            return EXIT_WORKER_BOOT
+        self.call_hook("post_fork", self, worker)
+        try:
+            if worker.app is None:
+                from wsgi_zmq.handler.wsgi import import_app
+
+                assert self.app_uri is not None
+                worker.app = import_app(self.app_uri)
         except AppImportError as exc:
             log.error("%s", exc)
             log.debug("Traceback of the import failure", exc_info=exc.__cause__)
@@ -332,7 +598,10 @@ class Arbiter:
         except Exception:
             log.exception("Worker %d failed to boot", os.getpid())
             return EXIT_WORKER_BOOT
-        worker.run()
+        try:
+            worker.run()
+        finally:
+            self.call_hook("worker_exit", self, worker)
         return EXIT_OK
 
     def _child(self, kind: str, run: Any) -> None:
@@ -341,7 +610,7 @@ class Arbiter:
         status = EXIT_FAILURE
         try:
             self._child_reset()
-            set_process_title(kind)
+            set_process_title(kind, self.cfg)
             status = run()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -413,6 +682,19 @@ class Arbiter:
         os.close(self.wake_r)
         os.close(self.wake_w)
         self.sig_queue = []
+        for child in self.children.values():
+            if child.tmp is not None:
+                child.tmp.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
 
 
 def _exit(status: Any) -> None:

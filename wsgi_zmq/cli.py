@@ -60,6 +60,10 @@ def build_parser(role: str) -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": setting.name, "help": setting.short_help()}
         if setting.action == "flag":
             kwargs["action"] = "store_true"
+        elif setting.action == "optional":
+            kwargs["metavar"] = setting.meta or "VALUE"
+            kwargs["nargs"] = "?"
+            kwargs["const"] = setting.const
         else:
             kwargs["metavar"] = setting.meta or "VALUE"
             if setting.action == "append":
@@ -124,6 +128,21 @@ def _fail(message: str) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
+def setup_process(cfg: Config) -> None:
+    """Apply the settings that shape the process itself, before anything is loaded:
+    ``raw_env``, ``umask``, ``chdir``, ``pythonpath``. Children inherit all of them."""
+    for pair in cfg.raw_env:
+        key, _, value = pair.partition("=")
+        os.environ[key] = value
+    if cfg.umask is not None:
+        os.umask(cfg.umask)
+    os.chdir(cfg.chdir)
+    if cfg.accepts("pythonpath"):
+        for path in reversed(cfg.pythonpath):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+
+
 def _prepare(role: str, argv: list[str] | None) -> Config:
     try:
         cfg = load_config(role, argv)
@@ -132,7 +151,11 @@ def _prepare(role: str, argv: list[str] | None) -> Config:
     if cfg.print_config:
         print_config(cfg)
         sys.exit(EXIT_OK)
-    wlog.setup(cfg)
+    try:
+        wlog.setup(cfg)
+    except (OSError, ValueError, TypeError) as exc:
+        _fail(f"Cannot set up logging: {exc}")
+    setup_process(cfg)
     return cfg
 
 
@@ -166,7 +189,12 @@ def main_handler(argv: list[str] | None = None) -> NoReturn:
     cfg = _prepare("handler", argv)
     uri = _check_app(cfg)
     from wsgi_zmq.arbiter import Arbiter
-    sys.exit(Arbiter(cfg, uri, endpoints=cfg.connect).run())
+    try:
+        status = Arbiter(cfg, uri, endpoints=cfg.connect,
+                         reload_config=lambda: load_config("handler", argv)).run()
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(status)
 
 
 def main_all(argv: list[str] | None = None) -> NoReturn:
@@ -175,7 +203,8 @@ def main_all(argv: list[str] | None = None) -> NoReturn:
     uri = _check_app(cfg)
     from wsgi_zmq.arbiter import Arbiter
     try:
-        status = Arbiter(cfg, uri, front=True).run()
+        status = Arbiter(cfg, uri, front=True,
+                         reload_config=lambda: load_config("all", argv)).run()
     except ConfigError as exc:
         _fail(str(exc))
     sys.exit(status)

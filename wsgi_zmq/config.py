@@ -19,6 +19,11 @@ This module is pure: it imports neither gevent nor zmq and logs nothing at impor
 
 from __future__ import annotations
 
+import grp
+import inspect
+import ipaddress
+import os
+import pwd
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -38,7 +43,8 @@ DEFAULT_BACKEND: Final = "tcp://127.0.0.1:5556"
 
 #: Sections in the order ``--help`` and the docs show them.
 SECTIONS: Final = ("Config File", "Server Socket", "Backend", "Worker Processes", "Limits",
-                   "Flow Control", "Logging")
+                   "Flow Control", "Logging", "Process Naming", "Server Mechanics",
+                   "Server Hooks")
 
 REGISTRY: dict[str, type[Setting]] = {}
 
@@ -181,6 +187,148 @@ def validate_app_uri(value: Any) -> str | None:
     return text
 
 
+def validate_optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return validate_string(value)
+
+
+def validate_directory(value: Any) -> str:
+    path = os.path.abspath(validate_string(value))
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a directory")
+    return path
+
+
+def validate_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a dict")
+    return dict(value)
+
+
+def validate_scheme_headers(value: Any) -> dict[str, str]:
+    headers = validate_dict(value)
+    for name, expected in headers.items():
+        if not isinstance(name, str) or not isinstance(expected, str):
+            raise ValueError("expected a dict of header name to value, both strings")
+    return {name.upper(): expected for name, expected in headers.items()}
+
+
+def validate_env(value: Any) -> list[str]:
+    pairs = [] if value is None else _list(value)
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise ValueError(f"{pair!r} is not KEY=VALUE")
+    return pairs
+
+
+def validate_paths(value: Any) -> list[str]:
+    """A comma-separated string (or a list) of directories for sys.path."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else _list(value)
+    return [os.path.abspath(item.strip()) for item in items if item.strip()]
+
+
+def validate_user(value: Any) -> int | None:
+    """A user name or uid, as the uid; None keeps the current user."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = validate_string(value)
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ValueError(f"no such user {text!r}") from None
+
+
+def validate_group(value: Any) -> int | None:
+    """A group name or gid, as the gid; None keeps the current group."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = validate_string(value)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group {text!r}") from None
+
+
+def validate_umask(value: Any) -> int | None:
+    """An octal umask: 18, "022", "0o022"; None leaves it alone."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        mask = value
+    else:
+        text = validate_string(value).strip().lower().removeprefix("0o")
+        if not re.fullmatch(r"[0-7]{1,4}", text):
+            raise ValueError("expected an octal mode such as 022")
+        mask = int(text, 8)
+    if not 0 <= mask <= 0o777:
+        raise ValueError("expected an octal mode between 000 and 777")
+    return mask
+
+
+def validate_addr_list(value: Any) -> list[str]:
+    """Comma-separated IP addresses or CIDR networks, or "*" for any."""
+    items = value.split(",") if isinstance(value, str) else _list(value)
+    items = [item.strip() for item in items if item.strip()]
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return items
+
+
+def validate_hook(arity: int) -> Callable[[Any], Callable[..., Any]]:
+    """A callable taking ``arity`` positional arguments."""
+
+    def check(value: Any) -> Callable[..., Any]:
+        if isinstance(value, str):
+            module, _, name = value.rpartition(".")
+            if not module:
+                raise ValueError(f"{value!r} is not MODULE.FUNCTION")
+            import importlib
+
+            try:
+                value = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"cannot load {value!r}: {exc}") from None
+        if not callable(value):
+            raise ValueError("expected a callable")
+        try:
+            signature = inspect.signature(value)
+            signature.bind(*range(arity))
+        except TypeError:
+            raise ValueError(f"the hook must take {arity} positional argument(s)") from None
+        except ValueError:
+            pass  # no signature to inspect (a builtin): trust it
+        return value  # type: ignore[no-any-return]
+
+    return check
+
+
+def addr_allowed(address: str, allowed: list[str]) -> bool:
+    """Is ``address`` in one of the networks of an ``*_allow_ips`` setting?"""
+    if "*" in allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return not address  # a UNIX socket peer has no address: allowed, as in gunicorn
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in allowed)
+
+
 # -- the registry -------------------------------------------------------------------------
 
 class Setting:
@@ -192,8 +340,9 @@ class Setting:
     cli: ClassVar[tuple[str, ...]] = ()
     meta: ClassVar[str | None] = None
     #: "store" (takes a value), "append" (repeatable; a later source replaces the list),
-    #: "flag" (no value: sets True)
+    #: "flag" (no value: sets True), "optional" (the value may be left out: ``const``)
     action: ClassVar[str] = "store"
+    const: ClassVar[Any] = None
     validator: ClassVar[staticmethod[[Any], Any]]
     default: ClassVar[Any] = None
     desc: ClassVar[str]
@@ -397,10 +546,13 @@ class Workers(Setting):
     cli = ("-w", "--workers")
     meta = "INT"
     validator = staticmethod(validate_pos_int)
-    default = 1
+    default = int(os.environ.get("WEB_CONCURRENCY", "1") or 1)
+    default_doc = "1, or $WEB_CONCURRENCY"
     desc = """The number of handler worker processes.
 
-    As in gunicorn, 1 by default; (2 x cores) + 1 is the usual start for a CPU-bound app.
+    As in gunicorn: 1 by default, or the ``WEB_CONCURRENCY`` environment variable;
+    (2 x cores) + 1 is the usual start for a CPU-bound app. ``TTIN`` and ``TTOU`` change it
+    at run time.
     """
 
 
@@ -604,3 +756,372 @@ class ErrorLog(Setting):
     default = "-"
     desc = """Where the error log goes: a file path, or ``-`` for stderr.
     """
+
+
+class AccessLog(Setting):
+    name = "accesslog"
+    section = "Logging"
+    roles = EVERY
+    cli = ("--access-logfile",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_path)
+    desc = """Where the access log goes: a file path, or ``-`` for stderr. Off by default.
+
+    A worker writes the line of each request it answered, after its last record left; the
+    front writes lines only for the requests it answered itself (400, 408, 413, 414, 417,
+    431, 501, 505 from the parser; 502, 503, 504). The front is the one process every
+    request crosses, so it does no per-request logging work: the cost stays with the
+    workers, of which there can be many.
+    """
+
+
+class AccessLogFormat(Setting):
+    name = "access_log_format"
+    section = "Logging"
+    roles = EVERY
+    cli = ("--access-logformat",)
+    meta = "STRING"
+    validator = staticmethod(validate_string)
+    default = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+    desc = """The access log line, in gunicorn's atoms.
+
+    ``h`` remote address, ``l`` ``-``, ``u`` user name (HTTP Basic), ``t`` date of the
+    request, ``r`` request line, ``m`` method, ``U`` path, ``q`` query string, ``H``
+    protocol, ``s`` status, ``B`` response body length, ``b`` the same or ``-``, ``f``
+    referer, ``a`` user agent, ``T`` request time in seconds, ``M`` milliseconds, ``D``
+    microseconds, ``L`` decimal seconds, ``p`` process id, ``{name}i`` a request header,
+    ``{name}o`` a response header, ``{name}e`` an environ variable. Ours: ``worker``, the
+    worker that answered (``pid@host``, ``front`` for the front's own answers), and
+    ``queue_ms``, the milliseconds the request waited in the front for a free worker.
+    """
+
+
+class CaptureOutput(Setting):
+    name = "capture_output"
+    section = "Logging"
+    roles = EVERY
+    cli = ("--capture-output",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    desc = """Send the stdout and stderr of the processes to the error log file.
+
+    Useful when ``errorlog`` is a file and the app prints; has no effect with ``-``.
+    """
+
+
+class LogConfigDict(Setting):
+    name = "logconfig_dict"
+    section = "Logging"
+    roles = EVERY
+    validator = staticmethod(validate_dict)
+    default: ClassVar[dict[str, Any]] = {}
+    desc = """A ``logging.config.dictConfig`` dictionary, applied after the defaults.
+
+    Config file only. The loggers are ``wsgi_zmq.error`` (with ``.front``, ``.dispatcher``,
+    ``.arbiter``, ``.worker``) and ``wsgi_zmq.access``.
+    """
+
+
+class ProcName(Setting):
+    name = "proc_name"
+    section = "Process Naming"
+    roles = EVERY
+    cli = ("-n", "--name")
+    meta = "STRING"
+    validator = staticmethod(validate_optional_string)
+    desc = """A name shown in the process titles (``wsgi_zmq: worker [NAME]``).
+
+    Process titles need the ``setproctitle`` package (``pip install 'wsgi_zmq[proctitle]'``);
+    without it this only names the processes in the logs. The default is the app.
+    """
+
+
+class PidFile(Setting):
+    name = "pidfile"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("-p", "--pid")
+    meta = "FILE"
+    validator = staticmethod(validate_optional_path)
+    desc = """A file to write the master's PID to (the front's, for ``wsgi_zmq.front``).
+
+    Removed at exit. A file that names a running process refuses the start (exit 2).
+    """
+
+
+class Chdir(Setting):
+    name = "chdir"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("--chdir",)
+    meta = "DIR"
+    validator = staticmethod(validate_directory)
+    default = os.getcwd()
+    default_doc = "the current directory"
+    desc = """Change to this directory before loading the app.
+    """
+
+
+class RawEnv(Setting):
+    name = "raw_env"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("-e", "--env")
+    meta = "ENV"
+    action = "append"
+    validator = staticmethod(validate_env)
+    default: ClassVar[list[str]] = []
+    desc = """Set an environment variable, ``KEY=VALUE``, in every process; repeatable.
+    """
+
+
+class PythonPath(Setting):
+    name = "pythonpath"
+    section = "Server Mechanics"
+    roles = HANDLER
+    cli = ("--pythonpath",)
+    meta = "PATHS"
+    validator = staticmethod(validate_paths)
+    default: ClassVar[list[str]] = []
+    desc = """Comma-separated directories to add to ``sys.path`` before loading the app.
+    """
+
+
+class User(Setting):
+    name = "user"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("-u", "--user")
+    meta = "USER"
+    validator = staticmethod(validate_user)
+    default_doc = "the current user"
+    desc = """Run the workers (and the front, once its sockets are bound) as this user.
+
+    A name or a uid. Needs the privilege to switch (root). The master keeps its user.
+    """
+
+
+class Group(Setting):
+    name = "group"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("-g", "--group")
+    meta = "GROUP"
+    validator = staticmethod(validate_group)
+    default_doc = "the current group"
+    desc = """Run the workers (and the front, once its sockets are bound) as this group.
+    """
+
+
+class Umask(Setting):
+    name = "umask"
+    section = "Server Mechanics"
+    roles = EVERY
+    cli = ("-m", "--umask")
+    meta = "INT"
+    validator = staticmethod(validate_umask)
+    default_doc = "unchanged"
+    desc = """A bit mask for the file mode of files the processes create, in octal (``022``).
+    """
+
+
+class PreloadApp(Setting):
+    name = "preload_app"
+    section = "Server Mechanics"
+    roles = HANDLER
+    cli = ("--preload",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    desc = """Load the app in the master before forking the workers.
+
+    Saves memory (pages shared until written) and boot time, and an import error stops the
+    start at once; but ``HUP`` then reuses the master's copy of the code, so a new version
+    needs a new pool (see "Deploying a new version" in the README). Anything the app
+    opens at import (a database connection) is shared by every worker: open it in
+    ``post_fork`` instead.
+    """
+
+
+class Reload(Setting):
+    name = "reload"
+    section = "Server Mechanics"
+    roles = HANDLER
+    cli = ("--reload",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    desc = """Restart a worker when a Python file it imported changes. For development.
+
+    Each worker checks the modification times of its modules once a second while idle, and
+    leaves (gracefully) when one changed; the master forks a fresh one.
+    """
+
+
+class Timeout(Setting):
+    name = "timeout"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("-t", "--timeout")
+    meta = "INT"
+    validator = staticmethod(validate_nonneg_int)
+    default = 30
+    desc = """Workers silent for more than this many seconds are aborted and replaced.
+
+    A worker tells the master it is alive at least once a second while it waits for work
+    and between requests; one stuck longer than this in the app gets ``SIGABRT`` (its
+    ``worker_abort`` hook runs, and the front answers its request 504), then ``SIGKILL``
+    if it lingers. 0 disables the check.
+    """
+
+
+class MaxRequests(Setting):
+    name = "max_requests"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--max-requests",)
+    meta = "INT"
+    validator = staticmethod(validate_nonneg_int)
+    default = 0
+    desc = """Recycle a worker after it served this many requests. 0 disables.
+
+    The worker leaves gracefully (BYE, finish what it holds, hand back what it had not
+    started) and the master forks a fresh one: no request fails. A simple defence against
+    memory leaks in the app.
+    """
+
+
+class MaxRequestsJitter(Setting):
+    name = "max_requests_jitter"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--max-requests-jitter",)
+    meta = "INT"
+    validator = staticmethod(validate_nonneg_int)
+    default = 0
+    desc = """Add a random 0 to this many requests to ``max_requests``, per worker, so that
+    workers do not all recycle at once.
+    """
+
+
+class ForwardedAllowIps(Setting):
+    name = "forwarded_allow_ips"
+    section = "Server Mechanics"
+    roles = FRONT
+    cli = ("--forwarded-allow-ips",)
+    meta = "STRING"
+    validator = staticmethod(validate_addr_list)
+    default = validate_addr_list(os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"))
+    default_doc = "127.0.0.1,::1 (or $FORWARDED_ALLOW_IPS)"
+    desc = """Addresses (or networks) of proxies trusted to say the request came over HTTPS.
+
+    Comma-separated IP addresses or CIDR networks; ``*`` trusts every peer. From a trusted
+    peer, a header of ``secure_scheme_headers`` with its value makes ``wsgi.url_scheme``
+    ``https``; from any other, those headers are ignored. The front decides it, since it
+    is the one that sees the peer's address.
+    """
+
+
+class SecureSchemeHeaders(Setting):
+    name = "secure_scheme_headers"
+    section = "Server Mechanics"
+    roles = FRONT
+    validator = staticmethod(validate_scheme_headers)
+    default = {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
+               "X-FORWARDED-SSL": "on"}
+    desc = """Headers, and their values, by which a trusted proxy says the request is HTTPS.
+
+    Config file only. Names are case-insensitive; values are compared exactly (``https``).
+    """
+
+
+class ProxyProtocol(Setting):
+    name = "proxy_protocol"
+    section = "Server Mechanics"
+    roles = FRONT
+    cli = ("--proxy-protocol",)
+    meta = "MODE"
+    action = "optional"
+    const = "auto"
+    validator = staticmethod(validate_choice(("off", "v1", "v2", "auto")))
+    default = "off"
+    desc = """Read a PROXY protocol header (HAProxy, stunnel) at the start of each connection.
+
+    ``off``, ``v1`` (text), ``v2`` (binary) or ``auto``; ``--proxy-protocol`` alone means
+    ``auto``. From a peer in ``proxy_allow_ips`` the header is required and gives
+    ``REMOTE_ADDR`` and ``REMOTE_PORT``; other peers are served as plain HTTP.
+    """
+
+
+class ProxyAllowIps(Setting):
+    name = "proxy_allow_ips"
+    section = "Server Mechanics"
+    roles = FRONT
+    cli = ("--proxy-allow-from",)
+    meta = "STRING"
+    validator = staticmethod(validate_addr_list)
+    default = ["127.0.0.1", "::1"]
+    default_doc = "127.0.0.1,::1"
+    desc = """Addresses (or networks) allowed to send a PROXY protocol header; ``*`` for any.
+    """
+
+
+_DEFAULT_HOOKS: set[Any] = set()
+
+
+def is_default_hook(hook: Any) -> bool:
+    """Is ``hook`` the no-op default (so calling it per request can be skipped)?"""
+    return hook in _DEFAULT_HOOKS
+
+
+def _hook(name: str, arity: int, roles: frozenset[str], doc: str, args: str) -> None:
+    """Declare a server hook setting: a callable of ``arity`` arguments, no-op default."""
+
+    def default(*_args: Any) -> None:
+        return None
+
+    _DEFAULT_HOOKS.add(default)
+    default.__name__ = name
+    default.__qualname__ = name
+    cls = type(name.title().replace("_", ""), (Setting,), {
+        "name": name, "section": "Server Hooks", "roles": roles,
+        "validator": staticmethod(validate_hook(arity)), "default": default,
+        "default_doc": f"def {name}({args}): pass", "desc": doc,
+    })
+    globals()[cls.__name__] = cls
+
+
+_hook("on_starting", 1, EVERY, """Called once the master (the front, for ``wsgi_zmq.front``)
+    starts, before anything is forked or bound: ``on_starting(server)``.""", "server")
+_hook("on_reload", 1, HANDLER, """Called when the master reloads on ``HUP``:
+    ``on_reload(server)``.""", "server")
+_hook("when_ready", 1, EVERY, """Called once the first workers are forked (the front: once its
+    sockets are bound): ``when_ready(server)``.""", "server")
+_hook("pre_fork", 2, HANDLER, """Called in the master just before a worker is forked:
+    ``pre_fork(server, worker)``.""", "server, worker")
+_hook("post_fork", 2, HANDLER, """Called in the worker just after it was forked:
+    ``post_fork(server, worker)``.""", "server, worker")
+_hook("post_worker_init", 1, HANDLER, """Called in the worker once its app is loaded and its
+    sockets are made: ``post_worker_init(worker)``.""", "worker")
+_hook("worker_int", 1, HANDLER, """Called in the worker when it gets ``INT`` or ``QUIT``:
+    ``worker_int(worker)``.""", "worker")
+_hook("worker_abort", 1, HANDLER, """Called in the worker when it gets ``SIGABRT``, which the
+    master sends to a worker past ``timeout``: ``worker_abort(worker)``.""", "worker")
+_hook("pre_exec", 1, frozenset({"handler"}), """Called in the new master just before ``USR2``
+    re-executes the handler pool: ``pre_exec(server)``.""", "server")
+_hook("pre_request", 2, HANDLER, """Called in the worker before it runs a request:
+    ``pre_request(worker, req)``; ``req`` has ``method``, ``uri``, ``path``, ``query``,
+    ``version`` and ``headers`` (a list of (name, value)).""", "worker, req")
+_hook("post_request", 4, HANDLER, """Called in the worker after a request:
+    ``post_request(worker, req, environ, resp)``; ``resp`` has ``status`` (``"200 OK"``),
+    ``status_code``, ``headers`` and ``sent`` (body bytes).""", "worker, req, environ, resp")
+_hook("child_exit", 2, HANDLER, """Called in the master when a worker exited:
+    ``child_exit(server, worker)``.""", "server, worker")
+_hook("worker_exit", 2, HANDLER, """Called in the worker as it exits:
+    ``worker_exit(server, worker)``.""", "server, worker")
+_hook("nworkers_changed", 3, HANDLER, """Called in the master when the number of workers
+    changed (``TTIN``, ``TTOU``): ``nworkers_changed(server, new_value, old_value)``.""",
+      "server, new_value, old_value")
+_hook("on_exit", 1, EVERY, """Called just before the master (or the front) exits:
+    ``on_exit(server)``.""", "server")

@@ -1,25 +1,38 @@
-"""The error log of every process: logger names, the line format, reopening files.
+"""The error log and the access log of every process: names, formats, reopening files.
 
 Loggers: ``wsgi_zmq.error`` with one child per part (``.front``, ``.dispatcher``,
-``.arbiter``, ``.worker``). A line reads like gunicorn's::
+``.arbiter``, ``.worker``, ``.config``), and ``wsgi_zmq.access``. An error line reads like
+gunicorn's::
 
     [2026-11-23 23:11:57 +0000] [4242] [INFO] Listening at: http://127.0.0.1:8000
 
-``setup(cfg)`` is called once per process (again in a forked child is harmless);
-``reopen()`` reopens a log file after rotation (the ``USR1`` handlers call it from their
-main loops, never from the signal handler).
+The access log is off unless ``accesslog`` is set (``-`` is stdout, as in gunicorn); its
+lines follow ``access_log_format`` in gunicorn's atoms (``AccessLog``). Only the atoms a
+format uses are computed.
+
+``setup(cfg)`` is called once per process (again in a forked child is harmless); it applies
+``logconfig_dict`` last. ``reopen()`` reopens the log files after rotation: the ``USR1``
+handlers set a flag and the main loops call it, never the signal handler itself.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import logging.config
+import os
+import re
 import sys
+import time
 from typing import Any
 
 ERROR_LOGGER = "wsgi_zmq.error"
+ACCESS_LOGGER = "wsgi_zmq.access"
 
 LINE_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+_ATOM = re.compile(r"%\(([^)]+)\)")
 
 
 def get_logger(part: str) -> logging.Logger:
@@ -40,25 +53,178 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
+def _handler(target: str, stream: Any) -> logging.Handler:
+    if target == "-":
+        return logging.StreamHandler(stream)
+    return ReopenableFileHandler(target, delay=False)
+
+
 def setup(cfg: Any) -> None:
-    """Send the ``wsgi_zmq.error`` tree to ``cfg.errorlog`` at ``cfg.loglevel``."""
-    root = logging.getLogger(ERROR_LOGGER)
-    for old in list(root.handlers):
-        root.removeHandler(old)
-        old.close()
-    handler: logging.Handler
-    if cfg.errorlog == "-":
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        handler = ReopenableFileHandler(cfg.errorlog, delay=False)
+    """Configure both loggers from ``cfg``: targets, level, format, ``logconfig_dict``."""
+    error = logging.getLogger(ERROR_LOGGER)
+    access = logging.getLogger(ACCESS_LOGGER)
+    for logger in (error, access):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.propagate = False
+    handler = _handler(cfg.errorlog, sys.stderr)
     handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
-    root.addHandler(handler)
-    root.setLevel(cfg.loglevel.upper())
-    root.propagate = False
+    error.addHandler(handler)
+    error.setLevel(cfg.loglevel.upper())
+    if cfg.accesslog:
+        handler = _handler(cfg.accesslog, sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+    else:
+        access.setLevel(logging.CRITICAL + 1)
+    if cfg.capture_output:
+        _capture(cfg.errorlog)
+    if cfg.logconfig_dict:
+        config = dict(cfg.logconfig_dict)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(config)
 
 
-def reopen() -> None:
-    """Reopen every log file of the ``wsgi_zmq.error`` tree."""
-    for handler in logging.getLogger(ERROR_LOGGER).handlers:
-        if isinstance(handler, ReopenableFileHandler):
-            handler.reopen()
+def _capture(errorlog: str) -> None:
+    """Point stdout and stderr (the file descriptors, so C code too) at the error log."""
+    if errorlog == "-":
+        return
+    fd = os.open(errorlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def reopen(cfg: Any = None) -> None:
+    """Reopen every log file (and the captured stdout/stderr) after rotation."""
+    for name in (ERROR_LOGGER, ACCESS_LOGGER):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, ReopenableFileHandler):
+                handler.reopen()
+    if cfg is not None and cfg.capture_output:
+        _capture(cfg.errorlog)
+
+
+# -- the access log ------------------------------------------------------------------------
+
+class Atoms(dict[str, Any]):
+    """The values of gunicorn's access log atoms for one request, computed on demand.
+
+    ``environ`` gives the request side; ``status`` (``"200 OK"``), ``headers`` (the
+    response headers), ``sent`` (body bytes) and the timings the response side.
+    """
+
+    def __init__(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
+                 sent: int | None, started: float, duration: float, worker: str,
+                 queue_ms: float) -> None:
+        super().__init__()
+        self.environ = environ
+        self.status = status
+        self.headers = headers
+        self.sent = sent
+        self.started = started
+        self.duration = duration
+        self.worker = worker
+        self.queue_ms = queue_ms
+
+    def __missing__(self, key: str) -> Any:
+        env = self.environ
+        value: Any
+        if key == "h":
+            value = env.get("REMOTE_ADDR") or "-"
+        elif key == "l":
+            value = "-"
+        elif key == "u":
+            value = _basic_user(env.get("HTTP_AUTHORIZATION", "")) or "-"
+        elif key == "t":
+            value = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(self.started))
+        elif key == "r":
+            value = (f"{env.get('REQUEST_METHOD', '-')} {env.get('RAW_URI', '-')} "
+                     f"{env.get('SERVER_PROTOCOL', '-')}")
+        elif key == "m":
+            value = env.get("REQUEST_METHOD", "-")
+        elif key == "U":
+            value = env.get("PATH_INFO", "-")
+        elif key == "q":
+            value = env.get("QUERY_STRING", "-")
+        elif key == "H":
+            value = env.get("SERVER_PROTOCOL", "-")
+        elif key == "s":
+            value = self.status.split(" ", 1)[0] if self.status else "-"
+        elif key == "B":
+            value = self.sent if self.sent is not None else "-"
+        elif key == "b":
+            value = str(self.sent) if self.sent else "-"
+        elif key == "f":
+            value = env.get("HTTP_REFERER", "-")
+        elif key == "a":
+            value = env.get("HTTP_USER_AGENT", "-")
+        elif key == "T":
+            value = int(self.duration)
+        elif key == "M":
+            value = int(self.duration * 1e3)
+        elif key == "D":
+            value = int(self.duration * 1e6)
+        elif key == "L":
+            value = f"{self.duration:.6f}"
+        elif key == "p":
+            value = f"<{os.getpid()}>"
+        elif key == "worker":
+            value = self.worker
+        elif key == "queue_ms":
+            value = f"{self.queue_ms:.3f}"
+        elif key.startswith("{") and key.endswith("}i"):
+            name = key[1:-2].upper().replace("-", "_")
+            if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                name = "HTTP_" + name
+            value = env.get(name, "-")
+        elif key.startswith("{") and key.endswith("}o"):
+            wanted = key[1:-2].lower()
+            value = next((v for n, v in self.headers if n.lower() == wanted), "-")
+        elif key.startswith("{") and key.endswith("}e"):
+            name = key[1:-2]
+            value = env.get(name, env.get(name.upper(), "-"))
+        else:
+            value = "-"
+        self[key] = value
+        return value
+
+
+def _basic_user(authorization: str) -> str | None:
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "basic" or not credentials:
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip()).decode("utf-8", "replace")
+    except ValueError:
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
+class AccessLog:
+    """Writes access lines for one process, when ``accesslog`` is set."""
+
+    def __init__(self, cfg: Any, worker: str) -> None:
+        self.enabled = bool(cfg.accesslog)
+        self.format: str = cfg.access_log_format
+        self.worker = worker
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self.keys = _ATOM.findall(self.format)
+
+    def write(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
+              sent: int | None, started: float, duration: float, queue_ms: float = 0.0
+              ) -> None:
+        """Format and write one line; a broken format is reported in the error log."""
+        atoms = Atoms(environ, status, headers, sent, started, duration, self.worker,
+                      queue_ms)
+        try:
+            line = self.format % atoms
+        except (TypeError, ValueError, KeyError) as exc:
+            get_logger("access").error("Bad access_log_format %r: %s", self.format, exc)
+            return
+        self.logger.info("%s", line)

@@ -17,8 +17,9 @@ a new one); records that concern no exchange (READY, HEARTBEAT, BYE) carry rid 0
 Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
 
     REQUEST   F->W  flags:u8 remote_port:u16 server_port:u16 nheaders:u16 window:u16
-                    strings_len:u32 strings[strings_len] body...
-                    window = CHUNK records the worker may send before the front grants CREDIT
+                    queue_us:u32 strings_len:u32 strings[strings_len] body...
+                    window = CHUNK records the worker may send before the front grants CREDIT;
+                    queue_us = microseconds the request waited in the front for a worker
                     strings = NUL-joined latin-1: method, target, version ("HTTP/1.1"),
                     remote_addr, server_name, url_scheme, then name, value for each header
                     in the order received, duplicates kept.
@@ -94,7 +95,7 @@ END_CLOSE: Final = 0x02          # close the connection after writing the tail
 END_ABORT: Final = 0x04          # the response is incomplete: cut the connection, no tail
 
 RECORD_HEAD: Final = struct.Struct("!BQI")
-REQUEST_HEAD: Final = struct.Struct("!BHHHHI")
+REQUEST_HEAD: Final = struct.Struct("!BHHHHII")
 RESPONSE_HEAD: Final = struct.Struct("!BI")
 U8: Final = struct.Struct("!B")
 U16: Final = struct.Struct("!H")
@@ -136,6 +137,7 @@ class RequestHead(NamedTuple):
     url_scheme: str
     headers: list[str]
     body: bytes
+    queue_us: int = 0
 
 
 class ResponseHead(NamedTuple):
@@ -201,14 +203,24 @@ def split_frame(data: bytes) -> list[Record]:
 def encode_request(rid: int, flags: int, method: bytes, target: bytes, version: bytes,
                    remote_addr: bytes, remote_port: int, server_name: bytes, server_port: int,
                    url_scheme: bytes, headers: list[bytes], window: int,
-                   body: bytes = b"") -> bytes:
+                   body: bytes = b"", queue_us: int = 0) -> bytes:
     """Encode a REQUEST record. ``headers`` is flat (name, value, ...) and holds no NUL."""
     strings = b"\0".join([method, target, version, remote_addr, server_name, url_scheme,
                           *headers])
     head = REQUEST_HEAD.pack(flags, remote_port, server_port, len(headers) >> 1, window,
-                             len(strings))
+                             queue_us, len(strings))
     length = REQUEST_HEAD.size + len(strings) + len(body)
     return b"".join((_pack_record(REQUEST, rid, length), head, strings, body))
+
+
+_QUEUE_US_AT: Final = RECORD_HEAD.size + 9  # offset of queue_us in an encoded REQUEST
+
+
+def with_queue_time(record: bytes, queue_us: int) -> bytes:
+    """An encoded REQUEST record with its ``queue_us`` set (the front learns the wait only
+    when a queued request is dispatched; requests that did not wait keep 0 and no copy)."""
+    at = _QUEUE_US_AT
+    return record[:at] + U32.pack(min(queue_us, 0xFFFFFFFF)) + record[at + 4:]
 
 
 def encode_response(rid: int, flags: int, head: bytes, body: bytes = b"") -> bytes:
@@ -260,7 +272,7 @@ def encode_error(rid: int, status: int, message: str) -> bytes:
 
 def decode_request(payload: bytes) -> RequestHead:
     """Decode a REQUEST payload. Raises ``ProtocolError`` if the string block is malformed."""
-    flags, remote_port, server_port, nheaders, window, strings_len = \
+    flags, remote_port, server_port, nheaders, window, queue_us, strings_len = \
         REQUEST_HEAD.unpack_from(payload)
     start = REQUEST_HEAD.size
     end = start + strings_len
@@ -270,8 +282,8 @@ def decode_request(payload: bytes) -> RequestHead:
     if len(parts) != _STRINGS_BEFORE_HEADERS + 2 * nheaders:
         raise ProtocolError(f"REQUEST has {len(parts)} strings, expected "
                             f"{_STRINGS_BEFORE_HEADERS + 2 * nheaders}")
-    return RequestHead(flags, window, parts[0], parts[1], parts[2], parts[3], remote_port, parts[4],
-                       server_port, parts[5], parts[6:], payload[end:])
+    return RequestHead(flags, window, parts[0], parts[1], parts[2], parts[3], remote_port,
+                       parts[4], server_port, parts[5], parts[6:], payload[end:], queue_us)
 
 
 def decode_response(payload: bytes) -> ResponseHead:

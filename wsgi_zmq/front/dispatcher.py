@@ -124,7 +124,7 @@ class Exchange:
 
     __slots__ = ("rid", "sink", "record", "worker", "replayable", "body_complete", "expect",
                  "attempts", "started", "finished", "cancelled", "deadline", "body_credit",
-                 "queued_at", "__weakref__")
+                 "queued_at")
 
     def __init__(self, rid: int, sink: Sink) -> None:
         self.rid = rid
@@ -312,6 +312,10 @@ class Dispatcher:
         return peer
 
     def _assign(self, ex: Exchange, peer: Peer) -> None:
+        if ex.queued_at:
+            waited = int((self.loop.now() - ex.queued_at) * 1e6)
+            ex.record = protocol.with_queue_time(ex.record, waited)
+            ex.queued_at = 0.0
         ex.worker = peer
         ex.attempts += 1
         peer.exchanges[ex.rid] = ex
@@ -601,6 +605,7 @@ class Dispatcher:
             return
         if (always or (ex.replayable and ex.attempts < MAX_ATTEMPTS)) and ex.body_complete:
             log.info("Dispatching request %x again: %s", ex.rid, why)
+            ex.queued_at = self.loop.now()
             self.queue.appendleft(ex)
             self.queued += 1
             self._drain_queue()

@@ -35,6 +35,8 @@ import logging
 import os
 import signal
 import socket
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import gevent
@@ -42,7 +44,7 @@ import gevent.event
 import zmq
 
 from wsgi_zmq import protocol
-from wsgi_zmq.config import bind_addresses
+from wsgi_zmq.config import addr_allowed, bind_addresses
 from wsgi_zmq.errors import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -54,6 +56,7 @@ from wsgi_zmq.errors import (
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
 from wsgi_zmq.front.sockets import listen
+from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.protocol import (
     END_ABORT,
@@ -91,7 +94,7 @@ class HttpExchange(Exchange):
 class Connection:
     """One client connection: the parser's sink and the dispatcher's sink."""
 
-    __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener",
+    __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener", "trusted",
                  "parser", "reader", "writer", "reading", "current", "parsing", "pipeline",
                  "out", "closing", "closed", "last_active", "head_started", "write_stalled",
                  "refusal")
@@ -107,6 +110,7 @@ class Connection:
         else:
             self.remote_addr, self.remote_port = b"", 0
         self.listener = listener
+        self.trusted = server.trusts(self.remote_addr)  # may say the request came over TLS
         self.parser = RequestParser(self, server.limits)
         loop = server.loop
         self.reader = loop.io(self.fd, _READ)
@@ -222,9 +226,12 @@ class Connection:
         ex.replayable = ex.request_done and request_is_idempotent(head.method)
         listener = self.listener
         server = self.server
+        scheme = listener.scheme
+        if self.trusted and server.secure_headers:
+            scheme = server.scheme_of(head.headers, scheme)
         ex.record = _encode_request(
             ex.rid, flags, head.method, head.target, head.version, self.remote_addr,
-            self.remote_port, listener.server_name, listener.port, listener.scheme,
+            self.remote_port, listener.server_name, listener.port, scheme,
             head.headers, server.window, body)
         server.dispatcher.submit(ex)
 
@@ -276,8 +283,10 @@ class Connection:
         close = error.close or not ex.request_done
         self.server.dispatcher.cancel(ex)
         version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
-        self._write(render_error(error.status, error.reason, error.detail, close,
-                                 error.headers, version))
+        answer = render_error(error.status, error.reason, error.detail, close, error.headers,
+                              version)
+        self._write(answer)
+        self.server.log_access(self, ex.head, error, answer)
         self._response_done(ex, close)
 
     def _refuse(self, error: HTTPError) -> None:
@@ -298,7 +307,9 @@ class Connection:
             else:
                 self.pipeline.remove(broken)
         if self.current is None:
-            self._close_after(error.render())
+            answer = error.render()
+            self.server.log_access(self, None, error, answer)
+            self._close_after(answer)
 
     def _response_done(self, ex: Exchange, close: int) -> None:
         assert isinstance(ex, HttpExchange)
@@ -311,7 +322,9 @@ class Connection:
             self._dispatch(nxt)
             self._update_reading()
         elif self.refusal is not None:
-            self._close_after(self.refusal.render())
+            answer = self.refusal.render()
+            self.server.log_access(self, None, self.refusal, answer)
+            self._close_after(answer)
         else:
             self._update_reading()
 
@@ -471,6 +484,51 @@ class FrontServer:
         self._timer = self.loop.timer(tick, tick)
         self.stopped = gevent.event.Event()
         self.draining = False
+        self.log = log  # for hooks written for gunicorn: server.log.info(...)
+        self.pid = os.getpid()
+        access = AccessLog(cfg, "front")
+        self.access = access if access.enabled else None
+        self.allowed: list[str] = cfg.forwarded_allow_ips
+        self.trusted: dict[bytes, bool] = {}
+        self.secure_headers = {name.lower().encode("latin-1"): value.encode("latin-1")
+                               for name, value in cfg.secure_scheme_headers.items()}
+
+    def trusts(self, address: bytes) -> bool:
+        """Is a peer at ``address`` in ``forwarded_allow_ips``? (cached per address)"""
+        trusted = self.trusted.get(address)
+        if trusted is None:
+            if len(self.trusted) > 4096:
+                self.trusted.clear()
+            trusted = self.trusted[address] = addr_allowed(address.decode("latin-1"),
+                                                           self.allowed)
+        return trusted
+
+    def scheme_of(self, headers: list[bytes], scheme: bytes) -> bytes:
+        """``https`` if a trusted proxy set one of ``secure_scheme_headers`` to its value."""
+        secure = self.secure_headers
+        for i in range(0, len(headers), 2):
+            expected = secure.get(headers[i].lower())
+            if expected is not None and headers[i + 1] == expected:
+                return b"https"
+        return scheme
+
+    def log_access(self, conn: Connection, head: RequestHead | None, error: HTTPError,
+                   answer: bytes) -> None:
+        """An access line for a request the front answered itself."""
+        if self.access is None:
+            return
+        environ = {"REMOTE_ADDR": conn.remote_addr.decode("latin-1")}
+        if head is not None:
+            environ["REQUEST_METHOD"] = head.method.decode("latin-1")
+            environ["RAW_URI"] = head.target.decode("latin-1")
+            environ["SERVER_PROTOCOL"] = head.version.decode("latin-1")
+            for i in range(0, len(head.headers), 2):
+                name = head.headers[i].decode("latin-1").upper().replace("-", "_")
+                environ.setdefault("HTTP_" + name, head.headers[i + 1].decode("latin-1"))
+        body = len(answer) - answer.index(b"\r\n\r\n") - 4
+        self.access.write(environ, f"{error.status} {error.reason}",
+                          [("Content-Type", "text/plain; charset=utf-8")], body, time.time(),
+                          0.0)
 
     def start(self) -> None:
         for listener in self.listeners:
@@ -526,15 +584,30 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
     ``listeners`` are sockets already bound by a supervisor; ``report_fd`` receives one JSON
     line with the backend endpoints really bound. Returns the exit status.
     """
+    from wsgi_zmq.arbiter import Pidfile, set_owner
+
+    standalone = listeners is None  # else the master runs the hooks and owns the pidfile
+    if standalone:
+        _call_hook(cfg, "on_starting", SimpleNamespace(cfg=cfg, log=log, pid=os.getpid()))
     try:
         server = FrontServer(cfg, listeners)
+        pidfile = Pidfile(cfg.pidfile) if standalone and cfg.pidfile else None
+        if pidfile is not None:
+            pidfile.create(os.getpid())
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except zmq.ZMQError as exc:
         log.error("Cannot bind the backend %s: %s", ",".join(cfg.backend), exc)
         return EXIT_CONFIG
+    try:
+        set_owner(cfg)  # after binding: ports below 1024 need the privilege, serving not
+    except OSError as exc:
+        log.error("Cannot switch to user %s / group %s: %s", cfg.user, cfg.group, exc)
+        return EXIT_CONFIG
     server.start()
+    if standalone:
+        _call_hook(cfg, "when_ready", server)
     if report_fd is not None:
         os.write(report_fd, json.dumps({"backend": server.dispatcher.endpoints}).encode()
                  + b"\n")
@@ -559,10 +632,21 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
     gevent.signal_handler(signal.SIGTERM, on_term)
     gevent.signal_handler(signal.SIGINT, server.stop)
     gevent.signal_handler(signal.SIGQUIT, server.stop)
-    gevent.signal_handler(signal.SIGUSR1, reopen_logs)
+    gevent.signal_handler(signal.SIGUSR1, reopen_logs, cfg)
     try:
         server.stopped.wait()
     finally:
         server.close()
         log.info("Front stopped (%d)", os.getpid())
+        if standalone:
+            _call_hook(cfg, "on_exit", server)
+            if pidfile is not None:
+                pidfile.unlink(os.getpid())
     return EXIT_OK
+
+
+def _call_hook(cfg: Any, name: str, *args: Any) -> None:
+    try:
+        getattr(cfg, name)(*args)
+    except Exception:
+        log.exception("Exception in the %s hook", name)

@@ -32,6 +32,7 @@ import collections
 import io
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -41,7 +42,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from wsgi_zmq import log as wlog
 from wsgi_zmq import protocol
+from wsgi_zmq.config import is_default_hook
 from wsgi_zmq.errors import ClientDisconnected, ProtocolError
 from wsgi_zmq.handler.environ import build_environ
 from wsgi_zmq.handler.wsgi import BodyInput, FileWrapper, serve_request
@@ -219,8 +222,20 @@ class SyncWorker:
         self.poller = zmq.Poller()
         self.base_environ: dict[str, Any] = {}
         self.host = socket.gethostname()
+        self.log = log  # for hooks written for gunicorn: worker.log.info(...)
+        self.tmp: Any = None  # the arbiter's liveness file (``notify()``), see ``timeout``
+        self.notified = 0.0
+        self.reopen_logs = False
+        self.watcher: ModuleWatcher | None = None
+        self.access: wlog.AccessLog | None = None
+        self.pre_request: Any = None
+        self.post_request: Any = None
         self.served = 0
+        self.max_requests = 0
+        if cfg.max_requests:
+            self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         self.quiet = 1  # worker code frames running; 0 only while the app runs
+        self.current: Request | None = None  # the request the app is running
         self.running_since = 0.0  # when the request being served started
         self.steal = False  # hand back queued requests behind a slow one (SIGALRM is ours)
         self.timer_armed = False
@@ -236,6 +251,15 @@ class SyncWorker:
         signal.signal(signal.SIGTERM, self.handle_term)
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        cfg = self.cfg
+        self.pre_request = None if is_default_hook(cfg.pre_request) else cfg.pre_request
+        self.post_request = None if is_default_hook(cfg.post_request) else cfg.post_request
+        access = wlog.AccessLog(cfg, f"{self.pid}@{self.host}")
+        self.access = access if access.enabled else None
+        if cfg.reload:
+            self.watcher = ModuleWatcher()
         if self.cfg.capacity > 1 and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
             signal.signal(signal.SIGALRM, self.handle_alarm)
             signal.siginterrupt(signal.SIGALRM, False)  # restart system calls the app makes
@@ -271,10 +295,55 @@ class SyncWorker:
             self.poller.register(sock, zmq.POLLIN)
             self.poller.register(monitor, zmq.POLLIN)
         log.info("Worker %d serving %s", self.pid, ",".join(self.endpoints))
+        self.notify()
+        self.call_hook("post_worker_init", self)
+
+    @property
+    def wsgi(self) -> Any:
+        """The app, under the name gunicorn's worker gives it."""
+        return self.app
+
+    def call_hook(self, name: str, *args: Any) -> None:
+        """Run a server hook from the config; an exception in it is logged, not raised."""
+        try:
+            getattr(self.cfg, name)(*args)
+        except Exception:
+            log.exception("Exception in the %s hook", name)
+
+    def notify(self) -> None:
+        """Tell the arbiter this worker is alive (at most twice a second)."""
+        now = time.monotonic()
+        if self.tmp is not None and now - self.notified > 0.5:
+            self.notified = now
+            self.tmp.notify()
 
     def handle_term(self, signum: int, frame: Any) -> None:
         """TERM: take nothing new, finish what is held, exit (the main loop acts)."""
         self.alive = False
+
+    def handle_usr1(self, signum: int, frame: Any) -> None:
+        """USR1: reopen the log files (the main loop acts)."""
+        self.reopen_logs = True
+
+    def handle_abort(self, signum: int, frame: Any) -> None:
+        """SIGABRT: the arbiter found this worker stuck past ``timeout``. Answer the running
+        request 504 (when the app, not worker code, was running), hand back the queued ones,
+        run ``worker_abort`` and exit."""
+        self.alive = False
+        if self.quiet == 0 and self.current is not None and not self.current.finished:
+            current = self.current
+            current._post(protocol.encode_error(current.rid, 504,
+                                                "the worker timed out and was aborted"))
+            current._final()
+            for req in self.queue:
+                if not req.finished and req.generation == req.front.generation and \
+                        req.payload[0] & REQ_BODY_COMPLETE:
+                    req._post(protocol.encode_signal(protocol.REJECT, req.rid))
+                    req._final()
+            self.flush_all()
+            self.leaving = True  # linger: let the ERROR and REJECTs leave
+        self.call_hook("worker_abort", self)
+        raise SystemExit(1)
 
     def handle_alarm(self, signum: int, frame: Any) -> None:
         """SIGALRM, while requests wait behind the running one: hand them back if it is
@@ -321,6 +390,7 @@ class SyncWorker:
     def handle_quit(self, signum: int, frame: Any) -> None:
         """INT/QUIT: stop now."""
         self.alive = False
+        self.call_hook("worker_int", self)
         raise SystemExit(0)
 
     # -- the loop -----------------------------------------------------------------------
@@ -337,6 +407,14 @@ class SyncWorker:
                     self.wait()
                 if self.queue:
                     self.serve_queue()
+                self.notify()
+                if self.reopen_logs:
+                    self.reopen_logs = False
+                    wlog.reopen(self.cfg)
+                if self.watcher is not None and self.alive and self.watcher.changed():
+                    log.info("Worker %d reloading: %s changed", self.pid,
+                             self.watcher.changed_file)
+                    self.alive = False
                 if self.ppid and os.getppid() != self.ppid:
                     log.info("Parent changed; worker %d exits", self.pid)
                     break
@@ -385,6 +463,7 @@ class SyncWorker:
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until a socket has something (or ``timeout``, default the heartbeat)."""
+        self.notify()  # waiting for work, body or credit is not being stuck
         ms = int((self.cfg.heartbeat if timeout is None else timeout) * 1000)
         for sock, _ in self.poller.poll(ms):
             front = self.by_socket.get(sock)
@@ -450,6 +529,8 @@ class SyncWorker:
             event = parse_monitor_message(message)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 front.connected = True
+                if self.tmp is not None and all(f.connected for f in self.fronts):
+                    self.tmp.set_ready()  # a HUP retires the old workers once all are
                 if not self.leaving:
                     self._send(front, [protocol.encode_ready(
                         self.cfg.capacity, self.cfg.window, self.pid, self.host)])
@@ -486,8 +567,13 @@ class SyncWorker:
             count += 1
             if count >= self.batch or time.monotonic() - started > _BATCH_SECONDS:
                 self.flush_all()
+                self.notify()
                 started = time.monotonic()
                 count = 0
+            if self.max_requests and self.served >= self.max_requests and self.alive:
+                log.info("Worker %d served %d requests (max_requests): recycling", self.pid,
+                         self.served)
+                self.alive = False
             if not self.alive and not self.leaving:
                 break  # start_leaving hands the rest of the queue back
         if self.timer_armed:
@@ -514,14 +600,32 @@ class SyncWorker:
                 req.consumed = -1  # the piece inside REQUEST took no credit: grant none
             environ["wsgi.input"] = BodyInput(req)
         self.served += 1
-        self.running_since = time.monotonic()
+        hook_req = None
+        if self.pre_request is not None:
+            hook_req = HookRequest(head)
+            try:
+                self.pre_request(self, hook_req)
+            except Exception:
+                log.exception("Exception in the pre_request hook")
+        started = self.running_since = time.monotonic()
+        self.current = req
         self.quiet = 0
         try:
-            serve_request(self.app, environ, head, req, self.cfg.chunk_size)
+            resp = serve_request(self.app, environ, head, req, self.cfg.chunk_size)
         finally:
             self.quiet = 1
+            self.current = None
         if not req.finished:
             req.end(END_ABORT, b"")
+        if self.post_request is not None:
+            try:
+                self.post_request(self, hook_req or HookRequest(head), environ, resp)
+            except Exception:
+                log.exception("Exception in the post_request hook")
+        if self.access is not None:
+            duration = time.monotonic() - started
+            self.access.write(environ, resp.status or "-", resp.headers, resp.sent,
+                              time.time() - duration, duration, head.queue_us / 1000)
 
     # -- output -------------------------------------------------------------------------
 
@@ -553,3 +657,57 @@ class SyncWorker:
             front.sock.close(linger=linger)
         self.context.term()
         self.context = None
+
+
+class HookRequest:
+    """The request as ``pre_request`` and ``post_request`` hooks see it, with the attributes
+    of gunicorn's request that such hooks use."""
+
+    __slots__ = ("method", "uri", "path", "query", "version", "headers")
+
+    def __init__(self, head: protocol.RequestHead) -> None:
+        self.method = head.method
+        self.uri = head.target
+        path, _, self.query = head.target.partition("?")
+        self.path = path
+        self.version = head.version
+        names = head.headers[0::2]
+        self.headers = [(name.upper(), value) for name, value in zip(names, head.headers[1::2],
+                                                                    strict=True)]
+
+
+class ModuleWatcher:
+    """For ``reload``: the modification times of the Python files this process imported."""
+
+    def __init__(self) -> None:
+        self.mtimes = self._scan()
+        self.checked = time.monotonic()
+        self.changed_file = ""
+
+    @staticmethod
+    def _scan() -> dict[str, float]:
+        mtimes = {}
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if path and path.endswith(".py"):
+                try:
+                    mtimes[path] = os.stat(path).st_mtime
+                except OSError:
+                    continue
+        return mtimes
+
+    def changed(self) -> bool:
+        """True if a known file changed; looks at most once a second."""
+        now = time.monotonic()
+        if now - self.checked < 1.0:
+            return False
+        self.checked = now
+        for path, mtime in self.mtimes.items():
+            try:
+                if os.stat(path).st_mtime != mtime:
+                    self.changed_file = path
+                    return True
+            except OSError:
+                self.changed_file = path
+                return True
+        return False

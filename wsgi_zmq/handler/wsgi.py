@@ -193,6 +193,11 @@ class Responder:
         self.close = False
         self.no_body = is_head
 
+    @property
+    def status_code(self) -> int:
+        """The status as a number, for hooks (gunicorn's ``resp.status_code``)."""
+        return int(self.status[:3]) if self.status else 0
+
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
         if exc_info:
@@ -367,8 +372,9 @@ class Responder:
 
 
 def serve_request(app: Any, environ: dict[str, Any], req: protocol.RequestHead, channel: Any,
-                  chunk_size: int) -> None:
-    """Run ``app`` for one request and send its response through ``channel``.
+                  chunk_size: int) -> Responder:
+    """Run ``app`` for one request and send its response through ``channel``; return the
+    ``Responder``, whose ``status``, ``headers`` and ``sent`` say what the client got.
 
     Always ends with exactly one final record (RESPONSE with RESP_END, or END), whatever the
     app does, and always calls the app iterator's ``close()``.
@@ -412,6 +418,7 @@ def serve_request(app: Any, environ: dict[str, Any], req: protocol.RequestHead, 
             except Exception:
                 log.exception("Error closing the app iterator of %s %s", req.method,
                               req.target[:200])
+    return responder
 
 
 def _send_error(responder: Responder, channel: Any) -> None:
@@ -429,6 +436,10 @@ def _send_error(responder: Responder, channel: Any) -> None:
     lines.append("\r\n")
     flags = RESP_END | (0 if keep else RESP_CLOSE)
     channel.respond(flags, "".join(lines).encode("latin-1"), _ERROR_BODY, True)
+    responder.status = "500 Internal Server Error"
+    responder.headers = [("Content-Type", "text/plain; charset=utf-8"),
+                         ("Content-Length", str(len(_ERROR_BODY)))]
+    responder.sent = len(_ERROR_BODY)
 
 
 def import_app(uri: str) -> Any:
