@@ -19,6 +19,48 @@ from wsgi_zmq.config import REGISTRY, ROLES, SECTIONS  # noqa: E402
 
 TARGET = ROOT / "docs" / "settings.md"
 
+#: gunicorn settings with no counterpart here, and why.
+NOT_OFFERED = [
+    ("threads", "a sync worker runs one request at a time by design; more concurrency "
+                "comes from more workers (`workers`, `TTIN`)."),
+    ("sendfile", "the response crosses ZeroMQ, so no file descriptor reaches the front; "
+                 "`wsgi.file_wrapper` streams files in chunks under flow control instead."),
+    ("reuse_port", "one front process owns each HTTP port; run more fronts on other ports "
+                   "(any number of handler pools can serve each)."),
+    ("daemon", "the master stays in the foreground; run it under systemd or another "
+               "process manager."),
+    ("worker_tmp_dir", "the workers' liveness files are made in `/dev/shm` (the temporary "
+                       "directory where there is none) and unlinked at once."),
+    ("tmp_upload_dir", "unused by gunicorn itself; bodies stream to the app."),
+    ("logger_class, logconfig, logconfig_json, syslog, syslog_addr, syslog_prefix, "
+     "syslog_facility, disable_redirect_access_to_syslog",
+     "logging is configured with `logconfig_dict` (which can add any handler of the "
+     "standard library, `SysLogHandler` included)."),
+    ("statsd_host, statsd_prefix, dogstatsd_tags, enable_backlog_metric",
+     "no metrics export yet."),
+    ("enable_stdio_inheritance", "stdio is inherited; `capture_output` redirects it."),
+    ("spew", "a debugging aid for gunicorn's own code."),
+    ("paste, raw_paste_global_conf", "PasteDeploy applications are not loaded; give "
+                                     "`MODULE:CALLABLE`."),
+    ("keyfile, certfile, ssl_version, cert_reqs, ca_certs, suppress_ragged_eofs, "
+     "do_handshake_on_connect, ciphers, ssl_context",
+     "the front speaks plain HTTP; terminate TLS in a proxy in front of it and let "
+     "`forwarded_allow_ips` and `secure_scheme_headers` carry the scheme."),
+    ("http_protocols, http2_*", "the front speaks HTTP/1.1 (and 1.0) only."),
+    ("protocol, uwsgi_allow_ips", "the front speaks HTTP; the backend speaks the protocol "
+                                  "of `docs/protocol.md`."),
+    ("permit_obsolete_folding, strip_header_spaces, permit_unconventional_http_method, "
+     "permit_unconventional_http_version, casefold_http_method, header_map, "
+     "forwarder_headers",
+     "the parser applies RFC 9112 strictly and always drops header names with `_` "
+     "(gunicorn's `header_map = drop`); there is no lenient mode."),
+    ("initgroups", "`user` and `group` set the uid and the one gid."),
+    ("root_path, asgi_*, websocket_*, http_parser, dirty_*, on_dirty_starting, "
+     "dirty_post_fork, dirty_worker_init, dirty_worker_exit, control_socket*",
+     "ASGI, gunicorn's own parser choice, its dirty arbiters and control socket have no "
+     "counterpart in a WSGI server."),
+]
+
 ROLE_NAMES = {"all": "`wsgi_zmq`", "front": "`wsgi_zmq.front`", "handler": "`wsgi_zmq.handler`"}
 
 
@@ -58,6 +100,11 @@ def render() -> str:
             out.append("")
             out.append(inspect.cleandoc(setting.desc).strip())
             out.append("")
+    out += ["## gunicorn settings not offered", "",
+            "Every gunicorn setting that means the same here has gunicorn's name, flags and",
+            "default above. These do not, and why:", ""]
+    out += [f"- `{names}`: {why}" for names, why in NOT_OFFERED]
+    out.append("")
     out += ["## Exit codes", ""]
     for name in ("EXIT_OK", "EXIT_FAILURE", "EXIT_CONFIG", "EXIT_WORKER_BOOT"):
         value = getattr(errors, name)

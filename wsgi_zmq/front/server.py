@@ -55,6 +55,7 @@ from wsgi_zmq.errors import (
 )
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
+from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
@@ -95,6 +96,7 @@ class Connection:
     """One client connection: the parser's sink and the dispatcher's sink."""
 
     __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener", "trusted",
+                 "proxy_header",
                  "parser", "reader", "writer", "reading", "current", "parsing", "pipeline",
                  "out", "closing", "closed", "last_active", "head_started", "write_stalled",
                  "refusal")
@@ -111,6 +113,9 @@ class Connection:
             self.remote_addr, self.remote_port = b"", 0
         self.listener = listener
         self.trusted = server.trusts(self.remote_addr)  # may say the request came over TLS
+        # bytes of a PROXY protocol header still being read, or None when none is expected
+        self.proxy_header: bytes | None = b"" if server.expects_proxy(self.remote_addr) \
+            else None
         self.parser = RequestParser(self, server.limits)
         loop = server.loop
         self.reader = loop.io(self.fd, _READ)
@@ -163,6 +168,14 @@ class Connection:
             return
         server = self.server
         self.last_active = server.loop.now()
+        if self.proxy_header is not None:
+            try:
+                data = self._read_proxy_header(data)
+            except HTTPError as exc:
+                self._refuse(exc)
+                return
+            if not data:
+                return
         if not self.head_started and self.parser.idle:
             self.head_started = self.last_active
         try:
@@ -173,6 +186,23 @@ class Connection:
         if current is not None and not current.record and not self.closed:
             self._dispatch(current)
         self._update_reading()
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Take the PROXY protocol header off the start of the stream; return what follows
+        (``b""`` while the header is incomplete). The client's address replaces the
+        proxy's."""
+        assert self.proxy_header is not None
+        buffered = self.proxy_header + data
+        parsed = parse_proxy_header(buffered, self.server.cfg.proxy_protocol)
+        if parsed is None:
+            self.proxy_header = buffered
+            return b""
+        info, used = parsed
+        self.proxy_header = None
+        if info.source_addr is not None and info.source_port is not None:
+            self.remote_addr = info.source_addr.encode("latin-1")
+            self.remote_port = info.source_port
+        return buffered[used:]
 
     # -- parser sink ------------------------------------------------------------------------
 
@@ -492,6 +522,12 @@ class FrontServer:
         self.trusted: dict[bytes, bool] = {}
         self.secure_headers = {name.lower().encode("latin-1"): value.encode("latin-1")
                                for name, value in cfg.secure_scheme_headers.items()}
+
+    def expects_proxy(self, address: bytes) -> bool:
+        """Must a connection from ``address`` start with a PROXY protocol header?"""
+        if self.cfg.proxy_protocol == "off":
+            return False
+        return addr_allowed(address.decode("latin-1"), self.cfg.proxy_allow_ips)
 
     def trusts(self, address: bytes) -> bool:
         """Is a peer at ``address`` in ``forwarded_allow_ips``? (cached per address)"""
