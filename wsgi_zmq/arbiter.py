@@ -69,17 +69,19 @@ SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.
 SIG_NAMES: dict[int, str] = {sig: sig.name[3:].lower() for sig in SIGNALS}
 
 _FAST_STOP_SECONDS = 2.0
+#: After SIGABRT a worker answers its request 504, runs worker_abort and exits; it gets this
+#: long before SIGKILL, which would lose the 504 (the front would then retry the request).
+_ABORT_GRACE_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0
 _READY_BIT = 0o2
 
 
-def set_process_title(title: str, cfg: Any = None) -> None:
-    """``wsgi_zmq: <title> [proc_name]`` in ps, when setproctitle is installed."""
+def set_process_title(title: str, name: str | None = None) -> None:
+    """``wsgi_zmq: <title> [name]`` in ps, when setproctitle is installed."""
     try:
         from setproctitle import setproctitle
     except ImportError:
         return
-    name = getattr(cfg, "proc_name", None) if cfg is not None else None
     setproctitle(f"wsgi_zmq: {title}" + (f" [{name}]" if name else ""))
 
 
@@ -190,7 +192,7 @@ class Child:
         self.stopping = False
         self.worker = worker
         self.tmp = tmp
-        self.aborted = False
+        self.aborted = 0.0  # when the master sent SIGABRT
         self.reload = reload  # the HUP this worker was forked for, 0 for none
 
 
@@ -218,6 +220,7 @@ class Arbiter:
         self.pidfile: Pidfile | None = None
         self.reexec_pid = 0
         self.reloads = 0
+        self.proc_name: str | None = cfg.proc_name or app_uri  # as gunicorn: the app
         self.retiring: list[Child] = []  # old workers waiting for a reload to be ready
         self.retire_deadline = 0.0
 
@@ -264,7 +267,7 @@ class Arbiter:
     def run(self) -> int:
         """Run until stopped; return the exit status."""
         set_process_title("master" if not self.with_front else "master (all-in-one)",
-                          self.cfg)
+                          self.proc_name)
         self.init_signals()
         status = EXIT_OK
         try:
@@ -465,9 +468,10 @@ class Arbiter:
                 continue
             if not child.aborted:
                 log.critical("WORKER TIMEOUT (pid:%d): silent for %.0f s", child.pid, silent)
-                child.aborted = True
+                child.aborted = time.monotonic()
                 self.kill(child.pid, signal.SIGABRT)
-            else:
+            elif time.monotonic() - child.aborted > _ABORT_GRACE_SECONDS:
+                log.critical("Killing worker %d: it did not exit on SIGABRT", child.pid)
                 self.kill(child.pid, signal.SIGKILL)
 
     def reap_children(self) -> None:
@@ -610,7 +614,7 @@ class Arbiter:
         status = EXIT_FAILURE
         try:
             self._child_reset()
-            set_process_title(kind, self.cfg)
+            set_process_title(kind, self.proc_name)
             status = run()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else EXIT_OK

@@ -46,6 +46,8 @@ def build_parser(role: str) -> argparse.ArgumentParser:
     """The argparse parser of one entry point; every default is SUPPRESS so that only what
     was given is applied over the config file."""
     prog, description = PROGRAMS[role]
+    if not sys.argv[0].endswith("__main__.py"):
+        prog = os.path.basename(sys.argv[0])  # bin/wsgi-zmq and the console scripts
     parser = _Parser(prog=prog, description=description,
                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"wsgi_zmq {__version__}")
@@ -89,7 +91,7 @@ def apply_file(cfg: Config, values: dict[str, Any], path: str) -> None:
         if cfg.accepts(name):
             cfg.set(name, value)
         elif name not in REGISTRY:  # helpers in a config file start with "_"
-            wlog.get_logger("config").warning("Unknown setting %r in %s: ignored", name, path)
+            # logging is not set up yet (the file may configure it): one line on stderr
             print(f"Warning: unknown setting {name!r} in {path}: ignored", file=sys.stderr)
 
 

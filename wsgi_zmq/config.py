@@ -765,7 +765,7 @@ class AccessLog(Setting):
     cli = ("--access-logfile",)
     meta = "FILE"
     validator = staticmethod(validate_optional_path)
-    desc = """Where the access log goes: a file path, or ``-`` for stderr. Off by default.
+    desc = """Where the access log goes: a file path, or ``-`` for stdout. Off by default.
 
     A worker writes the line of each request it answered, after its last record left; the
     front writes lines only for the requests it answered itself (400, 408, 413, 414, 417,
@@ -969,10 +969,11 @@ class Timeout(Setting):
     default = 30
     desc = """Workers silent for more than this many seconds are aborted and replaced.
 
-    A worker tells the master it is alive at least once a second while it waits for work
-    and between requests; one stuck longer than this in the app gets ``SIGABRT`` (its
-    ``worker_abort`` hook runs, and the front answers its request 504), then ``SIGKILL``
-    if it lingers. 0 disables the check.
+    A worker tells the master it is alive at least once a second (twice per ``timeout``)
+    while it waits for work and as it takes each request; one stuck longer than this in
+    the app (to within half a second) gets ``SIGABRT``: the front answers its request 504,
+    its ``worker_abort`` hook runs and it exits; ``SIGKILL`` follows two seconds later if
+    it has not. 0 disables the check.
     """
 
 

@@ -184,9 +184,9 @@ def parse_proxy_header(data: bytes, mode: str) -> tuple[ProxyInfo, int] | None:
         return _parse_v1(data)
     if first == 0x0D and mode != "v1":
         return _parse_v2(data)
-    if first == 0x50 and (_V1_START.startswith(data[:6]) or data.startswith(_V1_START)):
+    if _V1_START.startswith(data[:6]):
         raise ProxyProtocolError("PROXY protocol v1 header, but only v2 is accepted")
-    if first == 0x0D and (V2_SIGNATURE.startswith(data[:12])):
+    if V2_SIGNATURE.startswith(data[:12]):
         raise ProxyProtocolError("PROXY protocol v2 header, but only v1 is accepted")
     raise ProxyProtocolError("The connection does not start with a PROXY protocol header")
 

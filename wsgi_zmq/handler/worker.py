@@ -224,6 +224,8 @@ class SyncWorker:
         self.host = socket.gethostname()
         self.log = log  # for hooks written for gunicorn: worker.log.info(...)
         self.tmp: Any = None  # the arbiter's liveness file (``notify()``), see ``timeout``
+        # wake at least once a second, and twice per ``timeout``, to tell the master
+        self.idle_wait = min(cfg.heartbeat, 1.0, cfg.timeout / 2 if cfg.timeout else 1.0)
         self.notified = 0.0
         self.reopen_logs = False
         self.watcher: ModuleWatcher | None = None
@@ -335,6 +337,9 @@ class SyncWorker:
             current._post(protocol.encode_error(current.rid, 504,
                                                 "the worker timed out and was aborted"))
             current._final()
+            for front in self.fronts:  # send this worker nothing more
+                if front.connected:
+                    front.outbox.append(protocol.encode_signal(protocol.BYE))
             for req in self.queue:
                 if not req.finished and req.generation == req.front.generation and \
                         req.payload[0] & REQ_BODY_COMPLETE:
@@ -464,8 +469,10 @@ class SyncWorker:
     def wait(self, timeout: float | None = None) -> None:
         """Block until a socket has something (or ``timeout``, default the heartbeat)."""
         self.notify()  # waiting for work, body or credit is not being stuck
-        ms = int((self.cfg.heartbeat if timeout is None else timeout) * 1000)
-        for sock, _ in self.poller.poll(ms):
+        ms = int((self.idle_wait if timeout is None else timeout) * 1000)
+        events = self.poller.poll(ms)
+        self.notify()  # so the master counts a request's time from when it starts
+        for sock, _ in events:
             front = self.by_socket.get(sock)
             if front is not None:
                 self._drain(front)
