@@ -56,7 +56,7 @@ GUNICORN_SPELLING = {
 #: gunicorn's one-letter flags, the only flags that do not start with ``--``.
 SHORT_FLAGS = {"config": "-c", "bind": "-b", "workers": "-w", "timeout": "-t",
                "proc_name": "-n", "pidfile": "-p", "raw_env": "-e", "user": "-u",
-               "group": "-g", "umask": "-m"}
+               "group": "-g", "umask": "-m", "worker_class": "-k"}
 #: Settings with no flag: ``wsgi_app`` is the positional APP (as in gunicorn); the others are
 #: dicts and functions, which only a config file can give (as in gunicorn).
 NO_FLAG = {"wsgi_app", "logconfig_dict", "secure_scheme_headers", "on_starting", "on_reload",

@@ -135,6 +135,17 @@ class WorkerTmp:
     def is_ready(self) -> bool:
         return bool(os.fstat(self.fd).st_mode & _READY_BIT)
 
+    def report(self, busy: float, queued: int) -> None:
+        """The worker's load: its busy share and the queue depth its fronts announce."""
+        os.pwrite(self.fd, b"%.3f %d\n" % (busy, queued), 0)
+
+    def read_report(self) -> tuple[float, int] | None:
+        try:
+            busy, queued = os.pread(self.fd, 64, 0).split()[:2]
+            return float(busy), int(queued)
+        except (OSError, ValueError):
+            return None
+
     def close(self) -> None:
         try:
             os.close(self.fd)
@@ -175,6 +186,53 @@ class Pidfile:
             os.unlink(self.path)
         except (OSError, ValueError):
             pass
+
+
+class Autoscaler:
+    """Decides, from the workers' reports, when the pool grows or shrinks by one.
+
+    Up while a front's queue holds requests or the workers are busy more than
+    ``UP_BUSY`` of the time; down while nothing waits and they are busy less than
+    ``DOWN_BUSY``; never beyond ``min_workers``/``max_workers``, and at most once per
+    ``scale_cooldown``. The busy share is smoothed over a few seconds (EWMA), so one quiet
+    second does not shrink the pool.
+    """
+
+    UP_BUSY = 0.8
+    DOWN_BUSY = 0.3
+    SMOOTHING = 0.3
+
+    def __init__(self, cfg: Any) -> None:
+        self.low: int = cfg.min_workers
+        self.high: int = max(cfg.max_workers, cfg.min_workers)
+        self.cooldown: float = cfg.scale_cooldown
+        self.changed = time.monotonic()
+        self.busy = 0.0
+        self.queued = 0
+
+    def clamp(self, count: int) -> int:
+        return max(self.low, min(self.high, count))
+
+    def decide(self, count: int, reports: list[tuple[float, int]]) -> int:
+        """+1, -1 or 0 for a pool of ``count`` workers with these (busy, queued) reports."""
+        if not reports:
+            return 0
+        mean = sum(busy for busy, _ in reports) / len(reports)
+        self.busy += (mean - self.busy) * self.SMOOTHING
+        self.queued = max(queued for _, queued in reports)
+        now = time.monotonic()
+        if now - self.changed < self.cooldown:
+            return 0
+        change = 0
+        if (self.queued or self.busy > self.UP_BUSY) and count < self.high:
+            change = 1
+        elif not self.queued and self.busy < self.DOWN_BUSY and count > self.low:
+            change = -1
+        elif count != self.clamp(count):
+            change = self.clamp(count) - count
+        if change:
+            self.changed = now
+        return change
 
 
 class Child:
@@ -223,6 +281,9 @@ class Arbiter:
         self.proc_name: str | None = cfg.proc_name or app_uri  # as gunicorn: the app
         self.retiring: list[Child] = []  # old workers waiting for a reload to be ready
         self.retire_deadline = 0.0
+        self.scaler = Autoscaler(cfg) if cfg.max_workers else None
+        if self.scaler is not None:
+            self.num_workers = self.scaler.clamp(self.num_workers)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -291,6 +352,7 @@ class Arbiter:
                     self.reap_children()
                     self.murder_workers()
                     self.check_retiring()
+                    self.autoscale()
                     self.manage_workers()
                     continue
                 handler = getattr(self, "handle_" + SIG_NAMES[sig], None)
@@ -359,6 +421,19 @@ class Arbiter:
         log.info("%d worker(s), was %d", count, old)
         self.call_hook("nworkers_changed", self, count, old)
         self.manage_workers()
+
+    def autoscale(self) -> None:
+        """Let the autoscaler (``max_workers``) change the pool's size by one."""
+        if self.scaler is None or self.stopping or self.retiring:
+            return
+        reports = [r for r in (c.tmp.read_report() for c in self.workers()
+                               if c.tmp is not None) if r is not None]
+        change = self.scaler.decide(self.num_workers, reports)
+        if change:
+            busy, queued = self.scaler.busy, self.scaler.queued
+            log.info("Autoscale: %d worker(s), was %d (queued %d, busy %.0f%%)",
+                     self.num_workers + change, self.num_workers, queued, busy * 100)
+            self.set_num_workers(self.num_workers + change)
 
     def handle_usr1(self) -> None:
         """Reopen log files, here and in every child."""
@@ -562,11 +637,15 @@ class Arbiter:
     # -- forking ------------------------------------------------------------------------
 
     def spawn_worker(self, reload: int = 0) -> None:
-        from wsgi_zmq.handler.worker import SyncWorker
+        worker_class: Any
+        if self.cfg.worker_class == "gevent":
+            from wsgi_zmq.handler.green import GeventWorker as worker_class
+        else:
+            from wsgi_zmq.handler.worker import SyncWorker as worker_class
 
         self.worker_age += 1
         endpoints = self.front_endpoints if self.with_front else self.endpoints
-        worker = SyncWorker(self.cfg, self.app, endpoints, self.worker_age, self.pid)
+        worker = worker_class(self.cfg, self.app, endpoints, self.worker_age, self.pid)
         worker.tmp = WorkerTmp(self.cfg)
         self.call_hook("pre_fork", self, worker)
         pid = os.fork()
@@ -587,6 +666,7 @@ class Arbiter:
                       self.cfg.group, exc)
             return EXIT_WORKER_BOOT
         self.call_hook("post_fork", self, worker)
+        worker.prepare()
         try:
             if worker.app is None:
                 from wsgi_zmq.handler.wsgi import import_app

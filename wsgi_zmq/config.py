@@ -578,6 +578,79 @@ class Capacity(Setting):
     """
 
 
+class MinWorkers(Setting):
+    name = "min_workers"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--min-workers",)
+    meta = "INT"
+    validator = staticmethod(validate_pos_int)
+    default = 1
+    desc = """With ``max_workers``: the pool never scales below this many workers.
+    """
+
+
+class MaxWorkers(Setting):
+    name = "max_workers"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--max-workers",)
+    meta = "INT"
+    validator = staticmethod(validate_nonneg_int)
+    default = 0
+    desc = """Scale the pool by load between ``min_workers`` and this many. 0: off.
+
+    Off by default: the pool keeps ``workers``. When on, it starts with ``workers`` (kept
+    within the bounds) and the master adds a worker while requests wait in a front's queue
+    or the workers are busy more than 80% of the time, and removes one (gracefully) while
+    nothing waits and they are busy less than 30% of the time; at most one change per
+    ``scale_cooldown``. Each change is logged and calls ``nworkers_changed``. The front
+    tells the workers its queue depth in its heartbeats; each worker reports it and its
+    own busy share to the master.
+    """
+
+
+class ScaleCooldown(Setting):
+    name = "scale_cooldown"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--scale-cooldown",)
+    meta = "SECONDS"
+    validator = staticmethod(validate_pos_number)
+    default = 10.0
+    desc = """With ``max_workers``: the least time between two changes of the pool's size.
+    """
+
+
+class WorkerClass(Setting):
+    name = "worker_class"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("-k", "--worker-class")
+    meta = "STRING"
+    validator = staticmethod(validate_choice(("sync", "gevent")))
+    default = "sync"
+    desc = """The kind of worker: ``sync`` (one request at a time) or ``gevent``.
+
+    A ``gevent`` worker patches the standard library (``gevent.monkey.patch_all()``) before
+    it imports the app and serves up to ``worker_connections`` requests at once, each in a
+    greenlet: for apps that wait on I/O. It announces ``worker_connections`` as its
+    capacity (``capacity`` is for sync workers).
+    """
+
+
+class WorkerConnections(Setting):
+    name = "worker_connections"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--worker-connections",)
+    meta = "INT"
+    validator = staticmethod(validate_pos_int)
+    default = 1000
+    desc = """How many requests one gevent worker serves at once.
+    """
+
+
 class GracefulTimeout(Setting):
     name = "graceful_timeout"
     section = "Worker Processes"

@@ -36,7 +36,9 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
     READY     W->F  capacity:u32 window:u16 pid:u32 host (utf-8): a worker offers ``capacity``
                     requests, and takes ``window`` BODY records per request before it grants
                     CREDIT (none before its first CREDIT when the request has REQ_EXPECT)
-    HEARTBEAT both  empty: liveness probe
+    HEARTBEAT both  liveness probe; from the front it may carry queued:u32, the number of
+                    requests waiting in its queue (workers report it to their master,
+                    which scales the pool on it)
     ERROR     W->F  status:u16 message (utf-8): answer this request with ``status``
     REJECT    W->F  empty: the worker never started this request; dispatch it elsewhere
     BYE       W->F  empty: the worker leaves; send it nothing more
@@ -253,6 +255,19 @@ def encode_credit(rid: int, count: int) -> bytes:
 def encode_signal(kind: int, rid: int = 0) -> bytes:
     """Encode a record with an empty payload: CANCEL, HEARTBEAT, REJECT or BYE."""
     return _pack_record(kind, rid, 0)
+
+
+def encode_heartbeat(queued: int = 0) -> bytes:
+    """Encode the front's HEARTBEAT, with the depth of its queue."""
+    return _pack_record(HEARTBEAT, 0, U32.size) + U32.pack(min(queued, 0xFFFFFFFF))
+
+
+def decode_heartbeat(payload: bytes) -> int:
+    """The queue depth a front's HEARTBEAT carries (0 for an empty payload)."""
+    if len(payload) < U32.size:
+        return 0
+    queued: int = U32.unpack_from(payload)[0]
+    return queued
 
 
 def encode_ready(capacity: int, window: int, pid: int, host: str) -> bytes:

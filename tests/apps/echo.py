@@ -119,7 +119,8 @@ def router(environ, start_response):
     for name, app in (("/echo", echo), ("/upload", upload), ("/big", big), ("/slow", slow),
                       ("/crash", crash), ("/closing", closing), ("/write", write_app),
                       ("/status", status_app), ("/endless", endless), ("/noread", noread),
-                      ("/gated", gated), ("/die", die), ("/excinfo", excinfo)):
+                      ("/gated", gated), ("/die", die), ("/excinfo", excinfo),
+                      ("/barrier", barrier)):
         if path.startswith(name):
             return app(environ, start_response)
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -210,3 +211,20 @@ def make_app(greeting="Hello"):
         return [f"{greeting} from a factory\n".encode()]
 
     return app
+
+
+def barrier(environ, start_response):
+    """Wait until ?n= requests have arrived (each leaves a file in ?dir=): only a worker that
+    serves them at once gets past it. Gives up after 30 s with 503."""
+    query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    directory, wanted = query["dir"], int(query["n"])
+    with open(os.path.join(directory, f"{os.getpid()}-{id(environ)}"), "w") as f:
+        f.write("here")
+    deadline = time.monotonic() + 30
+    while len(os.listdir(directory)) < wanted:
+        if time.monotonic() > deadline:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"the others never came\n"]
+        time.sleep(0.01)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"all here\n"]

@@ -339,3 +339,19 @@ def test_children_exit_when_the_master_is_killed(stack):
     proc.send_signal(signal.SIGKILL)
     poll_until(lambda: not any(pid_alive(pid) for pid in children), 15,
                message="the children of a killed master to exit")
+
+
+def test_all_in_one_restarts_a_dead_front_on_the_same_port(stack):
+    """1. all-in-one, one request served 2. kill -9 the front process 3. the master forks a
+    new front on the same port (it owns the listening socket) 4. the workers reconnect to
+    it and requests are served again."""
+    proc, port = stack.all_in_one(workers=2)
+    assert exchange(port, get("/"))[0][0].status == 200
+    [front] = [int(p) for p in re.findall(r"Booting front with pid: (\d+)", proc.log())]
+    connected = proc.log().count(" connected, capacity")
+    os.kill(front, signal.SIGKILL)
+    proc.wait_for_log(rf"Front {front} died")
+    proc.wait_for_log(r"Booting front with pid: \d+", count=2)
+    proc.wait_for_log(r"Worker \d+@\S+ connected", count=connected + 2, timeout=30)
+    [response], _ = exchange(port, get("/"))
+    assert response.status == 200

@@ -13,7 +13,7 @@ from support import connect, exchange, poll_until, read_responses, wait_closed
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     """One front and one handler pool (2 workers) shared by the tests of this module."""
-    from conftest import Stack
+    from support import Stack
 
     stack = Stack(tmp_path_factory.mktemp("http"))
     try:

@@ -628,7 +628,7 @@ class Dispatcher:
     def probe(self) -> None:
         """Send a HEARTBEAT to every worker; ``ROUTER_MANDATORY`` reveals the lost ones."""
         self._last_probe = self.loop.now()
-        beat = protocol.VERSION_BYTE + protocol.encode_signal(HEARTBEAT)
+        beat = protocol.VERSION_BYTE + protocol.encode_heartbeat(self.queued)
         for peer in list(self.peers.values()):
             try:
                 self._send(peer.ident, _SNDMORE | _NOBLOCK)

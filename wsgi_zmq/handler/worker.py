@@ -77,7 +77,7 @@ class Front:
     """The worker's connection to one front's backend endpoint."""
 
     __slots__ = ("endpoint", "sock", "monitor", "outbox", "requests", "generation",
-                 "connected", "released")
+                 "connected", "released", "queued")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]
                  ) -> None:
@@ -89,13 +89,14 @@ class Front:
         self.generation = 0
         self.connected = False
         self.released = False  # the front acknowledged our BYE: it sends nothing more
+        self.queued = 0  # requests waiting in the front, from its last HEARTBEAT
 
 
 class Request:
     """The worker's side of one exchange; the ``channel`` of ``serve_request``."""
 
     __slots__ = ("worker", "front", "rid", "generation", "payload", "window", "credit",
-                 "body", "body_done", "consumed", "granted", "cancelled", "finished")
+                 "body", "body_done", "consumed", "granted", "cancelled", "finished", "event")
 
     def __init__(self, worker: SyncWorker, front: Front, rid: int, payload: bytes) -> None:
         self.worker = worker
@@ -111,6 +112,12 @@ class Request:
         self.granted = False
         self.cancelled = False
         self.finished = False
+        self.event: Any = None  # the gevent worker's wake-up for the greenlet serving it
+
+    def wake(self) -> None:
+        """Something arrived for this request (body, credit, cancel)."""
+        if self.event is not None:
+            self.event.set()
 
     # -- output -------------------------------------------------------------------------
 
@@ -148,7 +155,7 @@ class Request:
         try:
             while self.credit <= 0 and not self.cancelled:
                 worker.flush(self.front)
-                worker.wait_within()
+                worker.block(self)
             if self.cancelled:
                 return False
             self.credit -= 1
@@ -185,7 +192,7 @@ class Request:
                                              "body")
                 self._grant()
                 worker.flush(self.front)
-                worker.wait_within()
+                worker.block(self)
             self.consumed += 1
             if self.consumed >= max(1, worker.cfg.window // 2):
                 self._grant()
@@ -200,7 +207,15 @@ class Request:
 
 
 class SyncWorker:
-    """Serves one request at a time; see the module docstring."""
+    """Serves one request at a time; see the module docstring.
+
+    ``GeventWorker`` (``wsgi_zmq.handler.green``) is a subclass: it overrides the socket
+    module, the capacity, how a request is accepted and how a request's greenlet waits.
+    """
+
+    #: the zmq module sockets come from (``zmq.green`` in the gevent worker)
+    zmq_module: Any = zmq
+    kind = "sync"
 
     def __init__(self, cfg: Any, app: Any, endpoints: list[str], age: int = 0,
                  ppid: int = 0) -> None:
@@ -227,6 +242,8 @@ class SyncWorker:
         # wake at least once a second, and twice per ``timeout``, to tell the master
         self.idle_wait = min(cfg.heartbeat, 1.0, cfg.timeout / 2 if cfg.timeout else 1.0)
         self.notified = 0.0
+        self.busy_time = 0.0  # seconds spent serving since the last report
+        self.busy_since = 0.0  # when the current serve_queue began counting, 0 when idle
         self.reopen_logs = False
         self.watcher: ModuleWatcher | None = None
         self.access: wlog.AccessLog | None = None
@@ -241,9 +258,10 @@ class SyncWorker:
         self.running_since = 0.0  # when the request being served started
         self.steal = False  # hand back queued requests behind a slow one (SIGALRM is ours)
         self.timer_armed = False
+        self.capacity: int = cfg.capacity
         # flush replies every half capacity: the front refills one half while this worker
         # serves the other, so the worker never waits a round trip for work
-        self.batch = max(1, min(_BATCH_REQUESTS, cfg.capacity // 2))
+        self.batch = max(1, min(_BATCH_REQUESTS, self.capacity // 2))
 
     # -- process setup ------------------------------------------------------------------
 
@@ -262,7 +280,8 @@ class SyncWorker:
         self.access = access if access.enabled else None
         if cfg.reload:
             self.watcher = ModuleWatcher()
-        if self.cfg.capacity > 1 and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+        if self.kind == "sync" and self.capacity > 1 and \
+                signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
             signal.signal(signal.SIGALRM, self.handle_alarm)
             signal.siginterrupt(signal.SIGALRM, False)  # restart system calls the app makes
             self.steal = True
@@ -276,7 +295,7 @@ class SyncWorker:
             "wsgi.input_terminated": True,
             "SCRIPT_NAME": "",
         }
-        self.context = zmq.Context()
+        self.context = self.zmq_module.Context()
         interval = max(1, int(self.cfg.heartbeat * 1000))
         for endpoint in self.endpoints:
             sock = self.context.socket(zmq.DEALER)
@@ -313,11 +332,24 @@ class SyncWorker:
             log.exception("Exception in the %s hook", name)
 
     def notify(self) -> None:
-        """Tell the arbiter this worker is alive (at most twice a second)."""
+        """Tell the arbiter this worker is alive (at most twice a second), with its busy
+        share since the last report and the queue depth its fronts announced."""
         now = time.monotonic()
         if self.tmp is not None and now - self.notified > 0.5:
+            elapsed = now - self.notified if self.notified else 0.0
+            busy = min(1.0, self.busy_share(elapsed)) if elapsed else 0.0
             self.notified = now
             self.tmp.notify()
+            self.tmp.report(busy, sum(front.queued for front in self.fronts))
+
+    def busy_share(self, elapsed: float) -> float:
+        """The share of ``elapsed`` spent serving requests (and start a new count)."""
+        busy, self.busy_time = self.busy_time, 0.0
+        if self.busy_since:  # serving now: count the time so far, and restart the count
+            now = time.monotonic()
+            busy += now - self.busy_since
+            self.busy_since = now
+        return busy / elapsed
 
     def handle_term(self, signum: int, frame: Any) -> None:
         """TERM: take nothing new, finish what is held, exit (the main loop acts)."""
@@ -332,11 +364,12 @@ class SyncWorker:
         request 504 (when the app, not worker code, was running), hand back the queued ones,
         run ``worker_abort`` and exit."""
         self.alive = False
-        if self.quiet == 0 and self.current is not None and not self.current.finished:
-            current = self.current
-            current._post(protocol.encode_error(current.rid, 504,
-                                                "the worker timed out and was aborted"))
-            current._final()
+        stuck = self.stuck_requests()
+        if stuck:
+            for current in stuck:
+                current._post(protocol.encode_error(current.rid, 504,
+                                                    "the worker timed out and was aborted"))
+                current._final()
             for front in self.fronts:  # send this worker nothing more
                 if front.connected:
                     front.outbox.append(protocol.encode_signal(protocol.BYE))
@@ -412,16 +445,7 @@ class SyncWorker:
                     self.wait()
                 if self.queue:
                     self.serve_queue()
-                self.notify()
-                if self.reopen_logs:
-                    self.reopen_logs = False
-                    wlog.reopen(self.cfg)
-                if self.watcher is not None and self.alive and self.watcher.changed():
-                    log.info("Worker %d reloading: %s changed", self.pid,
-                             self.watcher.changed_file)
-                    self.alive = False
-                if self.ppid and os.getppid() != self.ppid:
-                    log.info("Parent changed; worker %d exits", self.pid)
+                if not self.housekeeping():
                     break
         finally:
             self.close()
@@ -457,7 +481,55 @@ class SyncWorker:
         if time.monotonic() > self.leave_deadline:
             log.warning("Worker %d: graceful timeout reached while draining", self.pid)
             return True
-        return not self.queue and all(f.released or not f.connected for f in self.fronts)
+        return not self.queue and not self.busy() and \
+            all(f.released or not f.connected for f in self.fronts)
+
+    def busy(self) -> bool:
+        """Requests still running (the gevent worker's greenlets; none for sync here)."""
+        return False
+
+    def prepare(self) -> None:
+        """In the child, before the app is imported (the gevent worker patches here)."""
+
+    def stuck_requests(self) -> list[Request]:
+        """The requests a SIGABRT finds running in the app."""
+        current = self.current
+        if self.quiet == 0 and current is not None and not current.finished:
+            return [current]
+        return []
+
+    def housekeeping(self) -> bool:
+        """Once per loop turn: tell the master we live, reopen logs, watch for code
+        changes and for a vanished parent. Returns False when the worker must stop now."""
+        self.notify()
+        if self.reopen_logs:
+            self.reopen_logs = False
+            wlog.reopen(self.cfg)
+        if self.watcher is not None and self.alive and self.watcher.changed():
+            log.info("Worker %d reloading: %s changed", self.pid, self.watcher.changed_file)
+            self.alive = False
+        if self.ppid and os.getppid() != self.ppid:
+            log.info("Parent changed; worker %d exits", self.pid)
+            return False
+        return True
+
+    def enter_app(self, req: Request, now: float) -> None:
+        """The app starts running ``req``: from here the SIGALRM handler may act."""
+        self.running_since = now
+        self.current = req
+        self.quiet = 0
+
+    def leave_app(self, req: Request) -> None:
+        self.quiet = 1
+        self.current = None
+
+    def block(self, req: Request) -> None:
+        """Wait until something arrives for ``req`` (its body or credit is late)."""
+        self.wait_within()
+
+    def accept(self, req: Request) -> None:
+        """A REQUEST arrived: queue it (served in order by ``serve_queue``)."""
+        self.queue.append(req)
 
     def wait_within(self) -> None:
         """Wait for records while a request runs (its body or credit is late): the queued
@@ -502,9 +574,10 @@ class SyncWorker:
                     continue
                 req = Request(self, front, rid, payload)
                 requests[rid] = req
-                self.queue.append(req)
+                self.accept(req)
                 continue
             if kind == HEARTBEAT:
+                front.queued = protocol.decode_heartbeat(payload)
                 continue
             if kind == protocol.BYE:
                 front.released = True
@@ -526,6 +599,9 @@ class SyncWorker:
             else:
                 log.warning("Dropped %s from %s: not a front's record",
                             protocol.KIND_NAMES[kind], front.endpoint)
+                continue
+            if req.event is not None:
+                req.event.set()
 
     def _on_monitor(self, front: Front) -> None:
         while True:
@@ -533,32 +609,37 @@ class SyncWorker:
                 message = front.monitor.recv_multipart(_NOBLOCK)
             except _zmq_Again:
                 return
-            event = parse_monitor_message(message)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                front.connected = True
-                if self.tmp is not None and all(f.connected for f in self.fronts):
-                    self.tmp.set_ready()  # a HUP retires the old workers once all are
-                if not self.leaving:
-                    self._send(front, [protocol.encode_ready(
-                        self.cfg.capacity, self.cfg.window, self.pid, self.host)])
-                log.debug("Worker %d connected to %s", self.pid, front.endpoint)
-            elif event == zmq.EVENT_DISCONNECTED:
-                front.connected = False
-                front.generation += 1
-                abandoned = list(front.requests.values())
-                front.requests.clear()
-                front.outbox.clear()
-                for req in abandoned:
-                    req.cancelled = True
-                if abandoned:
-                    log.warning("Lost %s; abandoned %d request(s)", front.endpoint,
-                                len(abandoned))
-                else:
-                    log.info("Lost %s; reconnecting", front.endpoint)
+            self.on_monitor_event(front, message)
+
+    def on_monitor_event(self, front: Front, message: list[bytes]) -> None:
+        """A connection to ``front`` was made (send READY) or lost (abandon its requests)."""
+        event = parse_monitor_message(message)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            front.connected = True
+            if self.tmp is not None and all(f.connected for f in self.fronts):
+                self.tmp.set_ready()  # a HUP retires the old workers once all are
+            if not self.leaving:
+                self._send(front, [protocol.encode_ready(
+                    self.capacity, self.cfg.window, self.pid, self.host)])
+            log.debug("Worker %d connected to %s", self.pid, front.endpoint)
+        elif event == zmq.EVENT_DISCONNECTED:
+            front.connected = False
+            front.generation += 1
+            abandoned = list(front.requests.values())
+            front.requests.clear()
+            front.outbox.clear()
+            for req in abandoned:
+                req.cancelled = True
+                req.wake()
+            if abandoned:
+                log.warning("Lost %s; abandoned %d request(s)", front.endpoint,
+                            len(abandoned))
+            else:
+                log.info("Lost %s; reconnecting", front.endpoint)
 
     def serve_queue(self) -> None:
         """Serve the queued requests in order, flushing replies in batches."""
-        started = time.monotonic()
+        started = self.busy_since = time.monotonic()
         count = 0
         queue = self.queue
         if self.steal:
@@ -586,6 +667,8 @@ class SyncWorker:
         if self.timer_armed:
             self._arm(False)
         self.flush_all()
+        self.busy_time += time.monotonic() - self.busy_since
+        self.busy_since = 0.0
 
     def handle(self, req: Request) -> None:
         """Run the app for one request."""
@@ -614,14 +697,12 @@ class SyncWorker:
                 self.pre_request(self, hook_req)
             except Exception:
                 log.exception("Exception in the pre_request hook")
-        started = self.running_since = time.monotonic()
-        self.current = req
-        self.quiet = 0
+        started = time.monotonic()
+        self.enter_app(req, started)
         try:
             resp = serve_request(self.app, environ, head, req, self.cfg.chunk_size)
         finally:
-            self.quiet = 1
-            self.current = None
+            self.leave_app(req)
         if not req.finished:
             req.end(END_ABORT, b"")
         if self.post_request is not None:

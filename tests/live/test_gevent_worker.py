@@ -1,0 +1,67 @@
+"""The gevent worker (-k gevent): many requests at once in one process, same protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import signal
+import threading
+
+from support import connect, exchange, poll_until, read_responses
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+
+
+def test_one_gevent_worker_serves_requests_at_once(stack, tmp_path):
+    """1. one gevent worker with --worker-connections 50 2. the front is told capacity 50
+    3. 20 requests that each wait until all 20 have arrived: they all get 200, which only a
+    worker serving them at once can do (a sync worker would hold them in turn)."""
+    front, _, port = stack.serve(handler_args=("-k", "gevent", "--worker-connections", "50"))
+    assert re.search(r"connected, capacity 50", front.log())
+    results: list[int] = []
+
+    def one() -> None:
+        [response], _ = exchange(port, get(f"/barrier?n=20&dir={tmp_path}"), timeout=60)
+        results.append(response.status)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * 20
+
+
+def test_gevent_worker_streams_both_ways(stack):
+    """1. a gevent worker 2. a 3 MB chunked upload read as it arrives, and a 20 MB generated
+    download, both through the flow control 3. every byte is right."""
+    _, _, port = stack.serve(handler_args=("-k", "gevent"))
+    payload = bytes(range(256)) * 12000
+    with connect(port) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, len(payload), 50000):
+            piece = payload[start:start + 50000]
+            sock.sendall(b"%x\r\n%b\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        [response], _ = read_responses(sock, 1, timeout=30)
+    assert json.loads(response.body) == {"length": len(payload),
+                                         "sha256": hashlib.sha256(payload).hexdigest()}
+    [response], _ = exchange(port, get("/big?size=20000000"), timeout=60)
+    assert len(response.body) == 20000000
+
+
+def test_gevent_worker_drains_on_term(stack, tmp_path):
+    """1. a gevent worker runs a 1 s request 2. TERM the pool 3. the request still gets its
+    200 and the pool exits 0."""
+    _, handler, port = stack.serve(handler_args=("-k", "gevent"))
+    mark = tmp_path / "running"
+    with connect(port) as sock:
+        sock.sendall(get(f"/slow?seconds=1&mark={mark}"))
+        poll_until(mark.exists, 10, message="the request to run")
+        handler.send_signal(signal.SIGTERM)
+        [response], _ = read_responses(sock, 1, timeout=30)
+    assert response.status == 200
+    assert handler.wait(30) == 0
