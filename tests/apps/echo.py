@@ -120,7 +120,7 @@ def router(environ, start_response):
                       ("/crash", crash), ("/closing", closing), ("/write", write_app),
                       ("/status", status_app), ("/endless", endless), ("/noread", noread),
                       ("/gated", gated), ("/die", die), ("/excinfo", excinfo),
-                      ("/barrier", barrier)):
+                      ("/barrier", barrier), ("/busy", busy)):
         if path.startswith(name):
             return app(environ, start_response)
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -228,3 +228,13 @@ def barrier(environ, start_response):
         time.sleep(0.01)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"all here\n"]
+
+
+def busy(environ, start_response):
+    """Keep the worker busy for ?ms= milliseconds of CPU, then answer."""
+    query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    until = time.monotonic() + int(query.get("ms", 20)) / 1000
+    while time.monotonic() < until:
+        pass
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done\n"]
