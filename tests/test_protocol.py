@@ -192,7 +192,7 @@ def test_ready_round_trip(capacity: int, window: int, pid: int, host: str) -> No
 
 
 def test_ready_bad_utf8_host_is_replaced_not_fatal() -> None:
-    payload = p.READY_HEAD.pack(1, 1, 1) + b"\xff\xfeh"
+    payload = p.READY_HEAD.pack(1, 1, 1, 0) + b"\xff\xfeh"
     assert p.decode_ready(one(raw_record(p.READY, 0, payload)).payload).host == "\ufffd\ufffdh"
 
 

@@ -230,34 +230,29 @@ def validate_paths(value: Any) -> list[str]:
     return [os.path.abspath(item.strip()) for item in items if item.strip()]
 
 
-def validate_user(value: Any) -> int | None:
-    """A user name or uid, as the uid; None keeps the current user."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = validate_string(value)
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise ValueError(f"no such user {text!r}") from None
+def _validate_id(kind: str, lookup: Callable[[str], Any], field: str
+                 ) -> Callable[[Any], int | None]:
+    """A user or group given by name or number, as its number; None keeps the current."""
+
+    def check(value: Any) -> int | None:
+        if value is None or value == "":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = validate_string(value)
+        if text.isdigit():
+            return int(text)
+        try:
+            number: int = getattr(lookup(text), field)
+        except KeyError:
+            raise ValueError(f"no such {kind} {text!r}") from None
+        return number
+
+    return check
 
 
-def validate_group(value: Any) -> int | None:
-    """A group name or gid, as the gid; None keeps the current group."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = validate_string(value)
-    if text.isdigit():
-        return int(text)
-    try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise ValueError(f"no such group {text!r}") from None
+validate_user = _validate_id("user", pwd.getpwnam, "pw_uid")
+validate_group = _validate_id("group", grp.getgrnam, "gr_gid")
 
 
 def validate_umask(value: Any) -> int | None:

@@ -33,8 +33,9 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     (the chunked terminator); END_ABORT means cut the connection instead.
     CREDIT    both  n:u32: the receiver may send n more BODY (W->F grant) / CHUNK (F->W grant)
     CANCEL    F->W  empty: the client went away or timed out; stop and close the app iterator
-    READY     W->F  capacity:u32 window:u16 pid:u32 host (utf-8): a worker offers ``capacity``
-                    requests, and takes ``window`` BODY records per request before it grants
+    READY     W->F  capacity:u32 window:u16 pid:u32 flags:u8 host (utf-8): a worker offers
+                    ``capacity`` (READY_CONCURRENT: it serves them at once, not in order);
+                    it takes ``window`` BODY records per request before it grants
                     CREDIT (none before its first CREDIT when the request has REQ_EXPECT)
     HEARTBEAT both  liveness probe; from the front it may carry queued:u32, the number of
                     requests waiting in its queue (workers report it to their master,
@@ -88,6 +89,9 @@ REQ_EXPECT: Final = 0x04         # Expect: 100-continue; no BODY until the worke
 REQ_RAW: Final = 0x08            # the gateway frames the response itself (FrontApp)
 REQ_CHUNKED: Final = 0x10        # the body length is unknown (Transfer-Encoding: chunked)
 
+# READY flags
+READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (gevent), not in order
+
 # RESPONSE flags
 RESP_END: Final = 0x01           # the whole response is in this record
 RESP_CLOSE: Final = 0x02         # close the client connection after this response
@@ -102,7 +106,7 @@ RESPONSE_HEAD: Final = struct.Struct("!BI")
 U8: Final = struct.Struct("!B")
 U16: Final = struct.Struct("!H")
 U32: Final = struct.Struct("!I")
-READY_HEAD: Final = struct.Struct("!IHI")
+READY_HEAD: Final = struct.Struct("!IHIB")
 
 _RECORD_HEAD_SIZE: Final = RECORD_HEAD.size
 _MIN_PAYLOAD: Final = {
@@ -157,6 +161,7 @@ class Ready(NamedTuple):
     window: int
     pid: int
     host: str
+    flags: int = 0
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -270,11 +275,11 @@ def decode_heartbeat(payload: bytes) -> int:
     return queued
 
 
-def encode_ready(capacity: int, window: int, pid: int, host: str) -> bytes:
+def encode_ready(capacity: int, window: int, pid: int, host: str, flags: int = 0) -> bytes:
     """Encode READY: the worker (``pid`` on ``host``) offers ``capacity`` requests."""
     name = host.encode("utf-8")
     return (_pack_record(READY, 0, READY_HEAD.size + len(name))
-            + READY_HEAD.pack(capacity, window, pid) + name)
+            + READY_HEAD.pack(capacity, window, pid, flags) + name)
 
 
 def encode_error(rid: int, status: int, message: str) -> bytes:
@@ -318,10 +323,11 @@ def decode_credit(payload: bytes) -> int:
 
 def decode_ready(payload: bytes) -> Ready:
     """Decode a READY payload."""
-    capacity, window, pid = READY_HEAD.unpack_from(payload)
+    capacity, window, pid, flags = READY_HEAD.unpack_from(payload)
     if capacity < 1 or window < 1:
         raise ProtocolError("READY with capacity or window 0")
-    return Ready(capacity, window, pid, payload[READY_HEAD.size:].decode("utf-8", "replace"))
+    return Ready(capacity, window, pid, payload[READY_HEAD.size:].decode("utf-8", "replace"),
+                 flags)
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

@@ -15,28 +15,18 @@ import time
 
 import zmq
 
-from support import ROOT, connect, exchange, poll_until, python_env, read_responses
+from support import (
+    ROOT,
+    connect,
+    exchange,
+    get,
+    logged_pids,
+    pid_alive,
+    poll_until,
+    python_env,
+    read_responses,
+)
 from wsgi_zmq import protocol
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie still answers kill(0); it is dead for us
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def worker_pids(proc) -> list[int]:
-    return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", proc.log())]
 
 
 def send_async(port: int, data: bytes, results: list, timeout: float = 20.0) -> threading.Thread:
@@ -72,8 +62,8 @@ def test_worker_death_replays_an_idempotent_request(stack, tmp_path):
 
     [response], _ = exchange(port, get("/die"), timeout=30)
     assert response.status == 502
-    assert len(worker_pids(handler)) >= 4  # the first, and one per death
-    front.wait_for_log(r"Worker \d+@\S+ connected", count=len(worker_pids(handler)))
+    assert len(logged_pids(handler)) >= 4  # the first, and one per death
+    front.wait_for_log(r"Worker \d+@\S+ connected", count=len(logged_pids(handler)))
     [response], _ = exchange(port, get("/"), timeout=30)
     assert response.status == 200
 
@@ -82,7 +72,7 @@ def test_killed_worker_fails_its_started_request_with_502(stack, tmp_path):
     """1. a slow POST runs on the only worker 2. kill -9 the worker 3. the client gets 502
     at once, not a hang 4. the arbiter forks a new worker, which serves."""
     front, handler, port = stack.serve()
-    [first] = worker_pids(handler)
+    [first] = logged_pids(handler)
     mark = tmp_path / "running"
     results: list = []
     thread = send_async(port, f"POST /slow?seconds=30&mark={mark} HTTP/1.1\r\nHost: t\r\n"

@@ -7,28 +7,39 @@ import json
 import re
 import signal
 import threading
+import time
 
-from support import connect, exchange, poll_until, read_responses
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+from support import connect, exchange, get, poll_until, read_responses
+from wsgi_zmq.front.dispatcher import STALL_SECONDS
 
 
 def test_one_gevent_worker_serves_requests_at_once(stack, tmp_path):
     """1. one gevent worker with --worker-connections 50 2. the front is told capacity 50
-    3. 20 requests that each wait until all 20 have arrived: they all get 200, which only a
-    worker serving them at once can do (a sync worker would hold them in turn)."""
+    3. 20 requests that each wait until all 20 have arrived, the second ten sent once the
+    first ten have waited longer than the front's STALL_SECONDS (a gevent worker that
+    finishes nothing for a while is not stalled: its requests do not wait in order)
+    4. all get 200, which only a worker serving them at once can do."""
     front, _, port = stack.serve(handler_args=("-k", "gevent", "--worker-connections", "50"))
     assert re.search(r"connected, capacity 50", front.log())
+    arrived = tmp_path / "arrived"  # one file per request that reached the app
+    arrived.mkdir()
     results: list[int] = []
 
     def one() -> None:
-        [response], _ = exchange(port, get(f"/barrier?n=20&dir={tmp_path}"), timeout=60)
+        [response], _ = exchange(port, get(f"/barrier?n=20&dir={arrived}"), timeout=60)
         results.append(response.status)
 
     threads = [threading.Thread(target=one, daemon=True) for _ in range(20)]
-    for thread in threads:
+    for thread in threads[:10]:
+        thread.start()
+
+    def first_ten_waited() -> bool:
+        files = list(arrived.iterdir())
+        return len(files) == 10 and \
+            time.time() - min(f.stat().st_mtime for f in files) > 5 * STALL_SECONDS
+
+    poll_until(first_ten_waited, 30, message="the first ten to wait past STALL_SECONDS")
+    for thread in threads[10:]:
         thread.start()
     for thread in threads:
         thread.join(60)

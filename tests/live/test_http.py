@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from support import connect, exchange, poll_until, read_responses, wait_closed
+from support import connect, exchange, get, poll_until, read_responses, wait_closed
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,6 @@ def port(tmp_path_factory):
         stack.stop_all()
 
 
-def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
-    return f"GET {path} HTTP/{version}\r\nHost: test\r\n{extra}\r\n".encode()
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(port):

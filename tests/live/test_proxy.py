@@ -6,13 +6,11 @@ import json
 import socket
 import struct
 
-from support import exchange
+from support import exchange, get
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
 
 
 def test_proxy_protocol_v1_and_v2_give_the_client_address(stack):

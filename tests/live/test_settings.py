@@ -30,6 +30,7 @@ from support import (
     connect,
     exchange,
     listening_port,
+    pid_alive,
     poll_until,
     python_env,
     read_responses,
@@ -79,16 +80,6 @@ def front_pid(text: str) -> int:
     return int(re.search(r"Booting front with pid: (\d+)", text).group(1))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie still answers kill(0); it is dead for us
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def title(pid: int) -> str:

@@ -37,6 +37,29 @@ def poll_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
+    """A raw GET request for ``path``, with ``extra`` header lines (each ending CRLF)."""
+    return f"GET {path} HTTP/{version}\r\nHost: test\r\n{extra}\r\n".encode()
+
+
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process? (a zombie still answers kill(0): it counts as dead)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def logged_pids(proc: LiveProcess, kind: str = "worker") -> list[int]:
+    """The pids in ``Booting <kind> with pid: N`` lines of a master's log, in order."""
+    return [int(p) for p in re.findall(rf"Booting {kind} with pid: (\d+)", proc.log())]
+
+
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(ROOT), str(TESTS)]

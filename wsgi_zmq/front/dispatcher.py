@@ -147,7 +147,7 @@ class Peer:
     """One connected handler worker, as the front sees it."""
 
     __slots__ = ("ident", "capacity", "window", "inflight", "pid", "host", "outbox",
-                 "exchanges", "leaving", "gone", "line", "progress")
+                 "exchanges", "leaving", "gone", "line", "progress", "concurrent")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str) -> None:
         self.ident = ident
@@ -161,6 +161,7 @@ class Peer:
         self.leaving = False
         self.gone = False
         self.line = _UNLISTED  # which deque holds it: _IDLE, _READY or none
+        self.concurrent = False  # serves its requests at once: never stalled
         self.progress = 0.0  # when it last finished a request, or became busy
 
     def __repr__(self) -> str:
@@ -300,7 +301,7 @@ class Dispatcher:
                 if not ready:
                     return None
                 peer = ready.popleft()
-                if now - peer.progress < STALL_SECONDS:
+                if peer.concurrent or now - peer.progress < STALL_SECONDS:
                     break
                 peer.line = _UNLISTED  # stalled: listed again when it finishes a request
         peer.inflight += 1
@@ -340,7 +341,7 @@ class Dispatcher:
             if not peer.inflight:
                 self._forget(peer)
             return
-        while self.queued and now - peer.progress < STALL_SECONDS:
+        while self.queued and (peer.concurrent or now - peer.progress < STALL_SECONDS):
             ex = self.queue.popleft()
             if ex.cancelled:
                 continue
@@ -528,9 +529,11 @@ class Dispatcher:
             self._unlist(peer)
             peer.capacity = ready.capacity
             peer.window = ready.window
+            peer.concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
             self._list(peer)
         else:
             peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host)
+            peer.concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
             self.peers[ident] = peer
             self._list(peer)
             log.info("Worker %s@%s connected, capacity %d", ready.pid, ready.host,

@@ -38,6 +38,7 @@ class GeventWorker(SyncWorker):
     """Serves up to ``worker_connections`` requests at once; see the module docstring."""
 
     kind = "gevent"
+    concurrent = True  # no request waits behind another: the front's stall rule is off
 
     def __init__(self, cfg: Any, app: Any, endpoints: list[str], age: int = 0,
                  ppid: int = 0) -> None:

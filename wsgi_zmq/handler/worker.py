@@ -216,6 +216,7 @@ class SyncWorker:
     #: the zmq module sockets come from (``zmq.green`` in the gevent worker)
     zmq_module: Any = zmq
     kind = "sync"
+    concurrent = False  # serves its requests in order: the front limits what waits
 
     def __init__(self, cfg: Any, app: Any, endpoints: list[str], age: int = 0,
                  ppid: int = 0) -> None:
@@ -620,7 +621,8 @@ class SyncWorker:
                 self.tmp.set_ready()  # a HUP retires the old workers once all are
             if not self.leaving:
                 self._send(front, [protocol.encode_ready(
-                    self.capacity, self.cfg.window, self.pid, self.host)])
+                    self.capacity, self.cfg.window, self.pid, self.host,
+                    protocol.READY_CONCURRENT if self.concurrent else 0)])
             log.debug("Worker %d connected to %s", self.pid, front.endpoint)
         elif event == zmq.EVENT_DISCONNECTED:
             front.connected = False
