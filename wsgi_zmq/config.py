@@ -25,7 +25,6 @@ import ipaddress
 import os
 import pwd
 import re
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final
 
@@ -413,10 +412,6 @@ class Config:
 def bind_addresses(cfg: Config) -> list[tuple[str, int]]:
     """The front's ``bind`` setting as (host, port) pairs."""
     return [parse_bind(address) for address in cfg.bind]
-
-
-def host_name() -> str:
-    return socket.gethostname()
 
 
 # -- the settings -------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 from typing import Any, Protocol
 
@@ -218,10 +217,6 @@ class Dispatcher:
     def new_rid(self) -> int:
         self._rid = (self._rid + 1) & 0xFFFFFFFFFFFFFFFF
         return self._rid
-
-    @property
-    def capacity_free(self) -> int:
-        return sum(p.capacity - p.inflight for p in self.peers.values() if not p.leaving)
 
     def submit(self, ex: Exchange) -> None:
         """Send ``ex`` to a worker with free capacity, or queue it, or answer 503."""
@@ -659,10 +654,3 @@ class Dispatcher:
                             peer.host)
                 ex.sink.on_failure(ex, GatewayTimeout("The worker did not answer in time"))
                 self.cancel(ex)
-
-    def stats(self) -> dict[str, int]:
-        """Numbers for logs and tests: workers, capacity, in flight, queued."""
-        return {"workers": len(self.peers),
-                "capacity": sum(p.capacity for p in self.peers.values()),
-                "inflight": sum(p.inflight for p in self.peers.values()),
-                "queued": self.queued, "pid": os.getpid()}

@@ -96,8 +96,8 @@ class Connection:
     """One client connection: the parser's sink and the dispatcher's sink."""
 
     __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener", "trusted",
-                 "proxy_header",
-                 "parser", "reader", "writer", "reading", "current", "parsing", "pipeline",
+                 "proxy_header", "parser", "reader", "writer", "reading", "current", "parsing",
+                 "pipeline",
                  "out", "closing", "closed", "last_active", "head_started", "write_stalled",
                  "refusal")
 

@@ -233,7 +233,6 @@ class SyncWorker:
         self.by_socket: dict[Any, Front] = {}
         self.by_monitor: dict[Any, Front] = {}
         self.queue: collections.deque[Request] = collections.deque()
-        self.dirty: set[Front] = set()
         self.context: zmq.Context[Any] | None = None
         self.poller = zmq.Poller()
         self.base_environ: dict[str, Any] = {}
