@@ -1156,36 +1156,66 @@ def _hook(name: str, arity: int, roles: frozenset[str], doc: str, args: str) -> 
     globals()[cls.__name__] = cls
 
 
-_hook("on_starting", 1, EVERY, """Called once the master (the front, for ``wsgi_zmq.front``)
-    starts, before anything is forked or bound: ``on_starting(server)``.""", "server")
-_hook("on_reload", 1, HANDLER, """Called when the master reloads on ``HUP``:
-    ``on_reload(server)``.""", "server")
-_hook("when_ready", 1, EVERY, """Called once the first workers are forked (the front: once its
-    sockets are bound): ``when_ready(server)``.""", "server")
-_hook("pre_fork", 2, HANDLER, """Called in the master just before a worker is forked:
-    ``pre_fork(server, worker)``.""", "server, worker")
-_hook("post_fork", 2, HANDLER, """Called in the worker just after it was forked:
-    ``post_fork(server, worker)``.""", "server, worker")
-_hook("post_worker_init", 1, HANDLER, """Called in the worker once its app is loaded and its
-    sockets are made: ``post_worker_init(worker)``.""", "worker")
-_hook("worker_int", 1, HANDLER, """Called in the worker when it gets ``INT`` or ``QUIT``:
-    ``worker_int(worker)``.""", "worker")
-_hook("worker_abort", 1, HANDLER, """Called in the worker when it gets ``SIGABRT``, which the
-    master sends to a worker past ``timeout``: ``worker_abort(worker)``.""", "worker")
-_hook("pre_exec", 1, frozenset({"handler"}), """Called in the new master just before ``USR2``
-    re-executes the handler pool: ``pre_exec(server)``.""", "server")
-_hook("pre_request", 2, HANDLER, """Called in the worker before it runs a request:
+_hook("on_starting", 1, EVERY, """Called as the master (or a lone front) starts.
+
+    Before anything is forked or bound: ``on_starting(server)``.
+    """, "server")
+_hook("on_reload", 1, HANDLER, """Called when the master reloads on ``HUP``.
+
+    ``on_reload(server)``, before the new workers are forked.
+    """, "server")
+_hook("when_ready", 1, EVERY, """Called once the master has forked its first workers.
+
+    ``when_ready(server)``; for a lone front, once its sockets are bound.
+    """, "server")
+_hook("pre_fork", 2, HANDLER, """Called in the master just before a worker is forked.
+
+    ``pre_fork(server, worker)``.
+    """, "server, worker")
+_hook("post_fork", 2, HANDLER, """Called in a worker just after it was forked.
+
+    ``post_fork(server, worker)``, before the app is imported (unless ``preload_app``).
+    """, "server, worker")
+_hook("post_worker_init", 1, HANDLER, """Called in a worker once its app and sockets are ready.
+
+    ``post_worker_init(worker)``.
+    """, "worker")
+_hook("worker_int", 1, HANDLER, """Called in a worker when it gets ``INT`` or ``QUIT``.
+
+    ``worker_int(worker)``.
+    """, "worker")
+_hook("worker_abort", 1, HANDLER, """Called in a worker when it gets ``SIGABRT``.
+
+    ``worker_abort(worker)``; the master sends it to a worker past ``timeout``.
+    """, "worker")
+_hook("pre_exec", 1, frozenset({"handler"}), """Called just before ``USR2`` re-executes the pool.
+
+    ``pre_exec(server)``, in the forked process that becomes the new master.
+    """, "server")
+_hook("pre_request", 2, HANDLER, """Called in a worker before it runs a request.
+
     ``pre_request(worker, req)``; ``req`` has ``method``, ``uri``, ``path``, ``query``,
-    ``version`` and ``headers`` (a list of (name, value)).""", "worker, req")
-_hook("post_request", 4, HANDLER, """Called in the worker after a request:
+    ``version`` and ``headers`` (a list of (NAME, value)), as gunicorn's.
+    """, "worker, req")
+_hook("post_request", 4, HANDLER, """Called in a worker after a request.
+
     ``post_request(worker, req, environ, resp)``; ``resp`` has ``status`` (``"200 OK"``),
-    ``status_code``, ``headers`` and ``sent`` (body bytes).""", "worker, req, environ, resp")
-_hook("child_exit", 2, HANDLER, """Called in the master when a worker exited:
-    ``child_exit(server, worker)``.""", "server, worker")
-_hook("worker_exit", 2, HANDLER, """Called in the worker as it exits:
-    ``worker_exit(server, worker)``.""", "server, worker")
-_hook("nworkers_changed", 3, HANDLER, """Called in the master when the number of workers
-    changed (``TTIN``, ``TTOU``): ``nworkers_changed(server, new_value, old_value)``.""",
-      "server, new_value, old_value")
-_hook("on_exit", 1, EVERY, """Called just before the master (or the front) exits:
-    ``on_exit(server)``.""", "server")
+    ``status_code``, ``headers`` and ``sent`` (body bytes).
+    """, "worker, req, environ, resp")
+_hook("child_exit", 2, HANDLER, """Called in the master when a worker has exited.
+
+    ``child_exit(server, worker)``.
+    """, "server, worker")
+_hook("worker_exit", 2, HANDLER, """Called in a worker as it exits.
+
+    ``worker_exit(server, worker)``.
+    """, "server, worker")
+_hook("nworkers_changed", 3, HANDLER, """Called when the number of workers changed.
+
+    ``nworkers_changed(server, new_value, old_value)``, after ``TTIN``, ``TTOU``, a reload
+    with another ``workers`` or the autoscaler.
+    """, "server, new_value, old_value")
+_hook("on_exit", 1, EVERY, """Called just before the master (or a lone front) exits.
+
+    ``on_exit(server)``.
+    """, "server")
