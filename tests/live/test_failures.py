@@ -25,6 +25,7 @@ from support import (
     poll_until,
     python_env,
     read_responses,
+    term_during_request,
 )
 from wsgi_zmq import protocol
 
@@ -260,14 +261,7 @@ def test_term_finishes_requests_in_flight(stack, tmp_path):
     """1. all-in-one, a 1 s request in flight 2. SIGTERM the master 3. the request still gets
     its 200 4. everything exits with status 0."""
     proc, port = stack.all_in_one()
-    mark = tmp_path / "running"
-    with connect(port) as sock:
-        sock.sendall(get(f"/slow?seconds=1&mark={mark}"))
-        poll_until(mark.exists, 10, message="the request to run")
-        proc.send_signal(signal.SIGTERM)
-        [response], _ = read_responses(sock, 1, timeout=20)
-    assert response.status == 200
-    assert proc.wait(30) == 0
+    assert term_during_request(proc, port, tmp_path).status == 200
 
 
 def _run(args: list[str], cwd=ROOT) -> subprocess.CompletedProcess:

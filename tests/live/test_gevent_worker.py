@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import signal
 import threading
 import time
 
-from support import connect, exchange, get, poll_until, read_responses
+from support import connect, exchange, get, poll_until, read_responses, term_during_request
 from wsgi_zmq.front.dispatcher import STALL_SECONDS
 
 
@@ -68,11 +67,4 @@ def test_gevent_worker_drains_on_term(stack, tmp_path):
     """1. a gevent worker runs a 1 s request 2. TERM the pool 3. the request still gets its
     200 and the pool exits 0."""
     _, handler, port = stack.serve(handler_args=("-k", "gevent"))
-    mark = tmp_path / "running"
-    with connect(port) as sock:
-        sock.sendall(get(f"/slow?seconds=1&mark={mark}"))
-        poll_until(mark.exists, 10, message="the request to run")
-        handler.send_signal(signal.SIGTERM)
-        [response], _ = read_responses(sock, 1, timeout=30)
-    assert response.status == 200
-    assert handler.wait(30) == 0
+    assert term_during_request(handler, port, tmp_path).status == 200

@@ -337,3 +337,16 @@ class Stack:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop(signal.SIGTERM)
+
+
+def term_during_request(proc: LiveProcess, port: int, tmp_path: Path) -> Response:
+    """Start a 1 s request, SIGTERM ``proc`` once the app runs it, and return the answer
+    (a graceful stop must finish it); ``proc`` must then exit 0."""
+    mark = tmp_path / "running"
+    with connect(port) as sock:
+        sock.sendall(get(f"/slow?seconds=1&mark={mark}"))
+        poll_until(mark.exists, 10, message="the request to run")
+        proc.send_signal(signal.SIGTERM)
+        [response], _ = read_responses(sock, 1, timeout=30)
+    assert proc.wait(30) == 0
+    return response

@@ -50,37 +50,41 @@ def _count(proc: Any, pattern: str) -> int:
     return len(re.findall(pattern, proc.log()))
 
 
+def _under_load(name: str, port: int, seconds: float, clients: int, operation: Any
+                ) -> Result:
+    """Repeat ``operation`` for ``seconds`` under ``clients`` checking clients."""
+    with Load(port, clients, seconds + 60) as load:
+        operations = _repeat(load, seconds, operation)
+    return Result(name, load.counts, operations, load.failures)
+
+
 def hup_reload(stack: Stack, seconds: float, clients: int = 8) -> Result:
     """HUP the master of an all-in-one with 2 workers, again and again."""
     master, port = stack.all_in_one(APP, workers=2)
-    with Load(port, clients, seconds + 60) as load:
 
-        def reload() -> None:
-            done = _count(master, r"Reload done")
-            exited = _count(master, r"Worker \d+ exited")
-            master.send_signal(signal.SIGHUP)
-            master.wait_for_log(r"Reload done", count=done + 1, timeout=60)
-            master.wait_for_log(r"Worker \d+ exited", count=exited + 2, timeout=60)
+    def reload() -> None:
+        done = _count(master, r"Reload done")
+        exited = _count(master, r"Worker \d+ exited")
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"Reload done", count=done + 1, timeout=60)
+        master.wait_for_log(r"Worker \d+ exited", count=exited + 2, timeout=60)
 
-        operations = _repeat(load, seconds, reload)
-    return Result("HUP reload", load.counts, operations, load.failures)
+    return _under_load("HUP reload", port, seconds, clients, reload)
 
 
 def ttin_ttou(stack: Stack, seconds: float, clients: int = 8) -> Result:
     """TTIN then TTOU the master of an all-in-one with 2 workers, again and again."""
     master, port = stack.all_in_one(APP, workers=2)
-    with Load(port, clients, seconds + 60) as load:
 
-        def grow_and_shrink() -> None:
-            connected = _count(master, r"Worker \d+@\S+ connected")
-            exited = _count(master, r"Worker \d+ exited")
-            master.send_signal(signal.SIGTTIN)
-            master.wait_for_log(r"Worker \d+@\S+ connected", count=connected + 1, timeout=60)
-            master.send_signal(signal.SIGTTOU)
-            master.wait_for_log(r"Worker \d+ exited", count=exited + 1, timeout=60)
+    def grow_and_shrink() -> None:
+        connected = _count(master, r"Worker \d+@\S+ connected")
+        exited = _count(master, r"Worker \d+ exited")
+        master.send_signal(signal.SIGTTIN)
+        master.wait_for_log(r"Worker \d+@\S+ connected", count=connected + 1, timeout=60)
+        master.send_signal(signal.SIGTTOU)
+        master.wait_for_log(r"Worker \d+ exited", count=exited + 1, timeout=60)
 
-        operations = _repeat(load, seconds, grow_and_shrink)
-    return Result("TTIN then TTOU", load.counts, operations, load.failures)
+    return _under_load("TTIN then TTOU", port, seconds, clients, grow_and_shrink)
 
 
 def max_requests(stack: Stack, seconds: float, clients: int = 8) -> Result:
@@ -106,33 +110,29 @@ def deploy(stack: Stack, seconds: float, clients: int = 8) -> Result:
     """The README's deploy: a new pool starts beside the old, then the old gets TERM."""
     front, port, endpoint = stack.front()
     current = _pool(stack, endpoint, front)
-    with Load(port, clients, seconds + 60) as load:
 
-        def roll() -> None:
-            nonlocal current
-            new = _pool(stack, endpoint, front)
-            current.send_signal(signal.SIGTERM)
-            assert current.wait(60) == 0
-            current = new
+    def roll() -> None:
+        nonlocal current
+        new = _pool(stack, endpoint, front)
+        current.send_signal(signal.SIGTERM)
+        assert current.wait(60) == 0
+        current = new
 
-        operations = _repeat(load, seconds, roll)
-    return Result("deploy a new pool, TERM the old", load.counts, operations, load.failures)
+    return _under_load("deploy a new pool, TERM the old", port, seconds, clients, roll)
 
 
 def term_beside_another(stack: Stack, seconds: float, clients: int = 8) -> Result:
     """Two pools serve one front; TERM one (and start it again, to repeat)."""
     front, port, endpoint = stack.front()
     pools = [_pool(stack, endpoint, front), _pool(stack, endpoint, front)]
-    with Load(port, clients, seconds + 60) as load:
 
-        def term_one() -> None:
-            pool = pools.pop(0)
-            pool.send_signal(signal.SIGTERM)
-            assert pool.wait(60) == 0
-            pools.append(_pool(stack, endpoint, front))
+    def term_one() -> None:
+        pool = pools.pop(0)
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(60) == 0
+        pools.append(_pool(stack, endpoint, front))
 
-        operations = _repeat(load, seconds, term_one)
-    return Result("TERM a pool while another serves", load.counts, operations, load.failures)
+    return _under_load("TERM a pool while another serves", port, seconds, clients, term_one)
 
 
 def timeout_abort(stack: Stack, seconds: float, clients: int = 8) -> Result:
