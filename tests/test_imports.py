@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 PURE = ["wsgi_zmq.protocol", "wsgi_zmq.config", "wsgi_zmq.handler.environ",
-        "wsgi_zmq.front.parser"]
+        "wsgi_zmq.front.parser", "wsgi_zmq.process"]
 NO_ZMQ = ["wsgi_zmq", "wsgi_zmq.cli", "wsgi_zmq.front", "wsgi_zmq.handler"]
 NO_GEVENT = ["wsgi_zmq.arbiter"]
 
@@ -81,6 +81,18 @@ def test_package_and_cli_import_neither_gevent_nor_zmq(module: str) -> None:
 def test_arbiter_does_not_import_gevent(module: str) -> None:
     report = imported_by(module)
     assert _gevent(report["modules"]) == [], f"{module} imported {report['modules']}"
+
+
+def test_front_and_supervisor_do_not_import_each_other() -> None:
+    """The process helpers both use live in ``wsgi_zmq.process``: the front never imports
+    its supervisor, and the supervisor imports the front only when it forks one."""
+    code = ("import importlib, json, sys; importlib.import_module(sys.argv[1]); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('wsgi_zmq.'))))")
+    front = json.loads(run_python(code, "wsgi_zmq.front.server").stdout)
+    arbiter = json.loads(run_python(code, "wsgi_zmq.arbiter").stdout)
+    assert "wsgi_zmq.arbiter" not in front
+    assert "wsgi_zmq.front.server" not in arbiter
+    assert "wsgi_zmq.process" in front and "wsgi_zmq.process" in arbiter
 
 
 WORKER = """

@@ -61,6 +61,7 @@ from wsgi_zmq.errors import (
     AppImportError,
     ConfigError,
 )
+from wsgi_zmq.process import Pidfile, set_owner, set_process_title
 
 log = logging.getLogger("wsgi_zmq.error.arbiter")
 
@@ -74,24 +75,6 @@ _FAST_STOP_SECONDS = 2.0
 _ABORT_GRACE_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0
 _READY_BIT = 0o2
-
-
-def set_process_title(title: str, name: str | None = None) -> None:
-    """``wsgi_zmq: <title> [name]`` in ps, when setproctitle is installed."""
-    try:
-        from setproctitle import setproctitle
-    except ImportError:
-        return
-    setproctitle(f"wsgi_zmq: {title}" + (f" [{name}]" if name else ""))
-
-
-def set_owner(cfg: Any) -> None:
-    """Switch to ``cfg.group`` and ``cfg.user`` (group first, while we still may)."""
-    if cfg.group is not None and os.getegid() != cfg.group:
-        os.setgroups([cfg.group])
-        os.setgid(cfg.group)
-    if cfg.user is not None and os.geteuid() != cfg.user:
-        os.setuid(cfg.user)
 
 
 class HaltServer(Exception):
@@ -150,41 +133,6 @@ class WorkerTmp:
         try:
             os.close(self.fd)
         except OSError:
-            pass
-
-
-class Pidfile:
-    """The master's pid in a file; a file naming a live process refuses the start."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def create(self, pid: int) -> None:
-        try:
-            with open(self.path) as f:
-                old = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            old = 0
-        if old and old != pid and _alive(old):
-            raise ConfigError(f"Pidfile {self.path} names the running process {old}")
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{pid}\n")
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, self.path)
-
-    def rename(self, path: str) -> None:
-        os.rename(self.path, path)
-        self.path = path
-
-    def unlink(self, pid: int) -> None:
-        try:
-            with open(self.path) as f:
-                if int(f.read().strip() or 0) != pid:
-                    return  # another master (USR2) owns it now
-            os.unlink(self.path)
-        except (OSError, ValueError):
             pass
 
 
@@ -769,16 +717,6 @@ class Arbiter:
         for child in self.children.values():
             if child.tmp is not None:
                 child.tmp.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
 
 
 def _exit(status: Any) -> None:

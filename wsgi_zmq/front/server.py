@@ -59,6 +59,7 @@ from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
+from wsgi_zmq.process import Pidfile, set_owner
 from wsgi_zmq.protocol import (
     END_ABORT,
     END_CLOSE,
@@ -620,8 +621,6 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
     ``listeners`` are sockets already bound by a supervisor; ``report_fd`` receives one JSON
     line with the backend endpoints really bound. Returns the exit status.
     """
-    from wsgi_zmq.arbiter import Pidfile, set_owner
-
     standalone = listeners is None  # else the master runs the hooks and owns the pidfile
     if standalone:
         _call_hook(cfg, "on_starting", SimpleNamespace(cfg=cfg, log=log, pid=os.getpid()))
