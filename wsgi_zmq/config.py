@@ -678,11 +678,47 @@ class RequestTimeout(Setting):
     meta = "SECONDS"
     validator = staticmethod(validate_pos_number)
     default = 30.0
-    desc = """How long a request may wait without progress for its response to start.
+    desc = """How long a worker may hold a request without progress before it starts the response.
 
-    Counted from the moment it is accepted, queue wait included, and restarted by every
-    chunk of request body that moves. Past it the client gets 504 and the worker is told to
-    stop (the app iterator is closed). A response that has started is not limited.
+    Counted from the moment a worker takes the request, and restarted by every chunk of
+    request body that moves. Past it the client gets 504 (the app is slow) and the worker
+    is told to stop (the app iterator is closed). A response that has started is not
+    limited. Time spent in the front's queue counts against ``queue_timeout`` instead.
+    """
+
+
+class QueueTimeout(Setting):
+    name = "queue_timeout"
+    section = "Backend"
+    roles = FRONT
+    cli = ("--queue-timeout",)
+    meta = "SECONDS"
+    validator = staticmethod(validate_pos_number)
+    default = 30.0
+    since = "0.2.0"
+    desc = """How long a request may wait in the front's queue for a free worker.
+
+    Past it the client gets 503 with ``Retry-After`` (the service is overloaded), not 504,
+    which stays for a worker that took the request and did not answer in time.
+    """
+
+
+class EjectAfter(Setting):
+    name = "eject_after"
+    section = "Backend"
+    roles = FRONT
+    cli = ("--eject-after",)
+    meta = "INT"
+    validator = staticmethod(validate_nonneg_int)
+    default = 3
+    since = "0.2.0"
+    desc = """Eject a worker whose last INT requests in a row failed; 0: never.
+
+    A failure is a request that timed out on the worker (504), an ERROR answer of 500 or
+    more from it, or a reply that breaks the protocol. An ejected worker gets nothing new;
+    what it holds and has not started goes to other workers. After five heartbeats (ten the
+    second time, and so on up to sixty) the front probes it every heartbeat, and it returns
+    to dispatch when it answers. Each ejection and return is logged.
     """
 
 
@@ -709,7 +745,57 @@ class Keepalive(Setting):
     meta = "SECONDS"
     validator = staticmethod(validate_pos_number)
     default = 2.0
-    desc = """How long an idle keep-alive connection, or one sending its request head, is kept.
+    desc = """How long an idle connection is kept: between requests, or before the first byte.
+    """
+
+
+class HeaderTimeout(Setting):
+    name = "header_timeout"
+    section = "Server Socket"
+    roles = FRONT
+    cli = ("--header-timeout",)
+    meta = "SECONDS"
+    validator = staticmethod(validate_pos_number)
+    default = 10.0
+    since = "0.2.0"
+    desc = """How long a client may take to send a whole request head, from its first byte.
+
+    Past it the client gets 408 and the connection is closed, however steadily the bytes
+    trickle in: one byte a second keeps no connection open for longer (slowloris).
+    """
+
+
+class BodyTimeout(Setting):
+    name = "body_timeout"
+    section = "Server Socket"
+    roles = FRONT
+    cli = ("--body-timeout",)
+    meta = "SECONDS"
+    validator = staticmethod(validate_pos_number)
+    default = 30.0
+    since = "0.2.0"
+    desc = """How long a request body may stall: no byte while the app waits for more.
+
+    Past it the app's ``wsgi.input`` read fails (the worker is told the client is gone)
+    and, if no response started, the client gets 408 and the connection is closed. Time
+    the front spends waiting for the worker to take more of the body does not count.
+    """
+
+
+class MaxConnections(Setting):
+    name = "max_connections"
+    section = "Server Socket"
+    roles = FRONT
+    cli = ("--max-connections",)
+    meta = "INT"
+    validator = staticmethod(validate_pos_int)
+    default = 1000
+    since = "0.2.0"
+    desc = """The most client connections the front keeps open at once.
+
+    At the limit it stops accepting, and new connections wait in the kernel's backlog
+    (``backlog``) until one closes, so memory does not grow with the number of clients.
+    The front raises its open-file limit to fit, where the hard limit allows.
     """
 
 

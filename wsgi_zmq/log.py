@@ -110,6 +110,53 @@ def reopen(cfg: Any = None) -> None:
         _capture(cfg.errorlog)
 
 
+class LogLimiter:
+    """Log one kind of message at most ``burst`` times per ``period`` seconds.
+
+    For what a peer can cause as often as it likes (malformed frames on the backend): the
+    first ``burst`` lines of a period are written, the rest only counted, and ``flush()``
+    (called from a timer, or by the next line after the period) writes one line with how
+    many were left out. ``total`` counts every occurrence, written or not.
+    """
+
+    __slots__ = ("logger", "what", "burst", "period", "clock", "total", "_window", "_written",
+                 "_suppressed")
+
+    def __init__(self, logger: logging.Logger, what: str, burst: int = 5,
+                 period: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.what = what  # names the lines left out, in the summary
+        self.burst = burst
+        self.period = period
+        self.clock = clock
+        self.total = 0
+        self._window = clock()
+        self._written = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        """Count one occurrence; write it unless this period's burst is used up."""
+        self.total += 1
+        self.flush()
+        if self._written < self.burst:
+            self._written += 1
+            self.logger.warning(message, *args)
+        else:
+            self._suppressed += 1
+
+    def flush(self) -> None:
+        """If the period is over: write how many lines it left out, and start a new one."""
+        now = self.clock()
+        if now - self._window < self.period:
+            return
+        if self._suppressed:
+            self.logger.warning("Left out %d more lines of %s in the last %.0f s (%d in all)",
+                                self._suppressed, self.what, now - self._window, self.total)
+        self._window = now
+        self._written = 0
+        self._suppressed = 0
+
+
 # -- the access log ------------------------------------------------------------------------
 
 class Atoms(dict[str, Any]):

@@ -39,7 +39,8 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     CREDIT (none before its first CREDIT when the request has REQ_EXPECT)
     HEARTBEAT both  liveness probe; from the front it may carry queued:u32, the number of
                     requests waiting in its queue (workers report it to their master,
-                    which scales the pool on it)
+                    which scales the pool on it). A front's HEARTBEAT with a nonzero rid is
+                    a probe of an ejected worker: the worker answers HEARTBEAT with that rid
     ERROR     W->F  status:u16 message (utf-8): answer this request with ``status``
     REJECT    W->F  empty: the worker never started this request; dispatch it elsewhere
     BYE       W->F  empty: the worker leaves; send it nothing more
@@ -85,9 +86,14 @@ KIND_NAMES: Final = {
 # REQUEST flags
 REQ_BODY_COMPLETE: Final = 0x01  # the body in this record is all of it; no BODY/END follow
 REQ_KEEP_ALIVE: Final = 0x02     # the client may reuse the connection
-REQ_EXPECT: Final = 0x04         # Expect: 100-continue; no BODY until the worker grants CREDIT
+REQ_EXPECT: Final = 0x04         # no BODY until the worker grants CREDIT (the front sets it
+#                                  for every streamed body, so an unstarted request holds
+#                                  nothing but its REQUEST record and may go elsewhere)
 REQ_RAW: Final = 0x08            # the gateway frames the response itself (FrontApp)
 REQ_CHUNKED: Final = 0x10        # the body length is unknown (Transfer-Encoding: chunked)
+REQ_REPLAYABLE: Final = 0x20     # idempotent with its whole body here: the front may send it
+#                                  again if its worker dies; a worker that serves in order
+#                                  flushes its replies before it starts one without this flag
 
 # READY flags
 READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (gevent), not in order
@@ -265,6 +271,11 @@ def encode_signal(kind: int, rid: int = 0) -> bytes:
 def encode_heartbeat(queued: int = 0) -> bytes:
     """Encode the front's HEARTBEAT, with the depth of its queue."""
     return _pack_record(HEARTBEAT, 0, U32.size) + U32.pack(min(queued, 0xFFFFFFFF))
+
+
+def encode_probe(rid: int) -> bytes:
+    """Encode the front's probe of an ejected worker: a HEARTBEAT the worker must echo."""
+    return _pack_record(HEARTBEAT, rid, 0)
 
 
 def decode_heartbeat(payload: bytes) -> int:

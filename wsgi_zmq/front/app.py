@@ -40,7 +40,15 @@ from wsgi_zmq.config import Config
 from wsgi_zmq.errors import HTTPError
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.parser import request_is_idempotent
-from wsgi_zmq.protocol import END_ABORT, REQ_BODY_COMPLETE, REQ_CHUNKED, REQ_RAW, RESP_END
+from wsgi_zmq.protocol import (
+    END_ABORT,
+    REQ_BODY_COMPLETE,
+    REQ_CHUNKED,
+    REQ_EXPECT,
+    REQ_RAW,
+    REQ_REPLAYABLE,
+    RESP_END,
+)
 
 log = logging.getLogger("wsgi_zmq.error.front")
 
@@ -131,8 +139,12 @@ class FrontApp:
             if not body or (length and len(body) >= int(length)):
                 flags |= REQ_BODY_COMPLETE
         ex.body_complete = bool(flags & REQ_BODY_COMPLETE)
+        if not ex.body_complete:
+            flags |= REQ_EXPECT  # the worker asks for the rest once the app reads
         method = environ["REQUEST_METHOD"]
         ex.replayable = ex.body_complete and request_is_idempotent(method.encode("latin-1"))
+        if ex.replayable:
+            flags |= REQ_REPLAYABLE
         ex.record = protocol.encode_request(
             ex.rid, flags, method.encode("latin-1"), _target(environ),
             environ.get("SERVER_PROTOCOL", "HTTP/1.1").encode("latin-1"),
@@ -144,7 +156,7 @@ class FrontApp:
             _headers(environ), self.cfg.window, body)
         dispatcher.submit(ex)
         pump = None
-        if not ex.body_complete and not ex.finished:
+        if not ex.body_complete and not ex.done:
             pump = gevent.spawn(_pump_body, dispatcher, ex, waiter, stream, chunk_size)
         try:
             item = waiter.items.get()
@@ -207,10 +219,10 @@ class _Body:
 def _pump_body(dispatcher: Dispatcher, ex: Exchange, waiter: _Waiter, stream: Any,
                chunk_size: int) -> None:
     """Send the rest of the request body under the worker's credit."""
-    while not ex.finished and not ex.cancelled:
+    while not ex.done:
         while ex.body_credit <= 0:
             waiter.credit.clear()
-            if ex.finished or ex.cancelled:
+            if ex.done:
                 return
             waiter.credit.wait()
         data = _read_some(stream, chunk_size)

@@ -8,22 +8,39 @@ Usage (inside a gevent process, after any fork)::
     dispatcher.submit(ex)                  # sink.on_response / on_chunk / on_end /
                                            # on_failure / on_body_credit follow
 
+The life of an exchange, and every rule about it, is in the table ``TRANSITIONS``: an
+exchange is NEW (built by its sink), QUEUED (waiting for a free worker), SENT (a worker holds
+it and has not started the response), STARTED (the response head reached the sink) or DONE.
+Every change of state goes through ``Exchange.move``, which refuses a change the table does
+not allow, so a bug raises at once instead of corrupting a count. Counts are derived: the
+queue depth is ``len(queue)``, a worker's requests in flight are ``len(peer.slots)``.
+``Dispatcher.check()`` asserts every invariant; the tests call it after every step.
+
 What it guarantees:
 
-- **Dispatch by credit.** A worker announces its capacity (READY); it is sent at most that
-  many unfinished requests. An idle worker is preferred, least recently used first; then a
-  worker with free capacity, least recently used first. With no capacity anywhere a request
-  waits in a FIFO queue of ``queue_size``; past that it is answered 503 at once.
+- **Every submitted exchange ends exactly once.** Its sink gets exactly one final call
+  (``on_response`` with ``RESP_END``, ``on_end`` or ``on_failure``) unless the sink cancelled
+  it first, and the unit of worker capacity it took is returned exactly once: when the worker
+  sends its final record, or when the worker is lost. An exchange the sink gives up while a
+  worker holds it leaves a *ghost* in the worker's slot: the worker is told to CANCEL, and the
+  slot is free again when the worker acknowledges with its final record.
+- **Dispatch by credit.** A worker announces its capacity (READY); it holds at most that many
+  slots. An idle worker is preferred, least recently used first; then a worker with free
+  capacity that is not stalled. With no capacity anywhere a request waits in a FIFO queue of
+  ``queue_size``; past that it is answered 503 at once, and after ``queue_timeout`` in the
+  queue it is answered 503 too (the service is overloaded: ``Retry-After``).
 - **Batching.** Records for one worker produced in one loop iteration leave as one frame,
   flushed by a loop callback at the end of the iteration: a lone request waits for nothing,
   a burst costs one ``send``. Replies are drained until the socket is empty.
-- **Nothing hangs.** A request waiting without progress for ``request_timeout`` gets 504
-  (a dispatched one is also CANCELled). A worker that disconnects (seen through a socket
-  monitor and ZMTP heartbeats, confirmed by ``ROUTER_MANDATORY``) fails over: each request it
-  held that had not started a response is dispatched again if its method is idempotent and
-  its body was whole in the request record, else answered 502; a started response is cut.
-- **Malformed input is dropped.** A frame that fails to decode is logged and dropped; it
-  never stops the front.
+- **Nothing hangs.** A dispatched request without progress for ``request_timeout`` gets 504
+  and its worker is told to CANCEL. A worker that disconnects (seen through a socket monitor
+  and ZMTP heartbeats, confirmed by ``ROUTER_MANDATORY``) fails over, see ``_fail_over``.
+- **Outliers are ejected.** A worker whose last ``eject_after`` requests in a row timed out,
+  failed with an ERROR of 500 or more, or broke the protocol gets nothing new; it is probed
+  (a HEARTBEAT carrying an id it must echo) once its ejection time is over, and returns to
+  dispatch when it answers. Each ejection lasts longer than the one before.
+- **Hostile input is dropped.** A frame that fails to decode is counted and dropped, and
+  logged at most a few lines a minute (``LogLimiter``); it never stops the front.
 
 The ZeroMQ FD is edge-triggered: it signals that the socket's state changed, not that a
 message waits. So the receive callback drains until ``Again``, and every flush checks
@@ -35,13 +52,15 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import gevent
 import zmq
 
 from wsgi_zmq import protocol
 from wsgi_zmq.errors import BadGateway, GatewayTimeout, HTTPError, ProtocolError, ServiceUnavailable
+from wsgi_zmq.log import LogLimiter
 from wsgi_zmq.protocol import (
     BYE,
     CHUNK,
@@ -57,10 +76,24 @@ from wsgi_zmq.protocol import (
 
 log = logging.getLogger("wsgi_zmq.error.dispatcher")
 
-#: How many times one request may be dispatched (the first try and one replay) when its
-#: worker dies before answering: enough to survive a crash or restart, too few for one
-#: request that kills every worker it touches to take down the pool.
-MAX_ATTEMPTS = 2
+#: How many workers may die while possibly running one request before it is answered 502
+#: instead of dispatched again. A request "possibly running" is one a worker that serves
+#: in order held as its oldest, or any request a worker that serves at once held (the
+#: rule is ``_fail_over``'s); requests that waited behind the running one in a worker that
+#: serves in order never ran, and go back to the queue whatever their method, without
+#: counting. Two is enough to survive a crash or a restart, and too few for one request
+#: that kills every worker it touches to take down the pool. Only idempotent requests
+#: whose body was whole are replayed: a POST that may have run gets 502.
+MAX_ATTEMPTS: Final = 2
+#: How many times in all a request may lose its worker before it gets 502, whatever the
+#: reason: bounds a request that kills workers while it waits behind replies that never
+#: left them (their loss cannot show it ran).
+MAX_LOSSES: Final = 4
+
+#: How many times workers may hand one request back unstarted (REJECT: a worker busy in a
+#: slow request, or leaving) before it is answered 503: bounds a worker that rejects
+#: everything at once.
+MAX_HANDBACKS: Final = 16
 
 _RECV_BATCH = 256  # frames drained per callback before yielding to other watchers
 
@@ -68,6 +101,40 @@ _RECV_BATCH = 256  # frames drained per callback before yielding to other watche
 #: until it finishes one. A sync worker runs its requests in order, so a request sent to a
 #: worker stuck in a slow one would wait behind it while other workers may be free.
 STALL_SECONDS = 0.02
+
+#: The first ejection of a worker lasts this many heartbeats; each further one once more,
+#: up to ``_EJECT_MAX_BEATS``. Once it is over, the worker is probed every heartbeat.
+_EJECT_BEATS: Final = 5
+_EJECT_MAX_BEATS: Final = 60
+
+# -- exchange states -------------------------------------------------------------------
+
+NEW: Final = 0
+QUEUED: Final = 1
+SENT: Final = 2
+STARTED: Final = 3
+DONE: Final = 4
+STATE_NAMES: Final = ("NEW", "QUEUED", "SENT", "STARTED", "DONE")
+
+#: Every change of state an exchange may make, and the events that make it:
+#:
+#: ====== =========================================================================
+#: NEW    -> SENT (submit, a worker is free), QUEUED (submit, none is free),
+#:           DONE (submit into a full queue: 503; or the sink gives up before submitting)
+#: QUEUED -> SENT (a worker frees up), DONE (cancel; queue timeout: 503; shutdown)
+#: SENT   -> STARTED (the response head), QUEUED (REJECT, or its worker was lost and it
+#:           may be sent again), DONE (the whole response, END, ERROR, cancel, request
+#:           timeout: 504, worker lost: 502, malformed reply: 502, shutdown)
+#: STARTED-> DONE (END, ERROR, cancel, worker lost, malformed reply, shutdown)
+#: DONE   -> nothing: later records for it are acknowledged by the ghost or dropped
+#: ====== =========================================================================
+TRANSITIONS: Final[tuple[frozenset[int], ...]] = (
+    frozenset({SENT, QUEUED, DONE}),    # NEW
+    frozenset({SENT, DONE}),            # QUEUED
+    frozenset({STARTED, QUEUED, DONE}),  # SENT
+    frozenset({DONE}),                  # STARTED
+    frozenset(),                        # DONE
+)
 
 _UNLISTED, _IDLE, _READY = 0, 1, 2
 
@@ -77,6 +144,11 @@ _SNDMORE = zmq.SNDMORE
 _POLLIN = zmq.POLLIN
 _EVENTS = zmq.EVENTS
 _split_frame = protocol.split_frame
+_FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
+
+
+class StateError(AssertionError):
+    """An exchange was asked to make a change ``TRANSITIONS`` does not allow."""
 
 
 def _debug() -> bool:
@@ -115,38 +187,74 @@ _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unav
 class Exchange:
     """One request/response exchange as the dispatcher sees it.
 
-    The sink sets ``record`` (the encoded REQUEST), ``replayable`` and ``body_complete``
-    before ``submit``; the dispatcher sets ``worker`` and ``body_credit`` when it assigns a
-    worker, ``started`` when the response head arrives and ``finished`` when the worker
-    sent its final record.
+    The sink sets ``record`` (the encoded REQUEST), ``replayable`` (idempotent, body whole)
+    and ``body_complete`` before ``submit``. A request whose body is not complete must be
+    encoded with ``REQ_EXPECT``: its worker sends CREDIT when the app starts reading, so a
+    request that has not started has received nothing but its REQUEST record and can be
+    sent to another worker. The dispatcher sets ``worker`` while a worker holds it and keeps
+    ``body_credit`` (BODY records the worker will take).
     """
 
-    __slots__ = ("rid", "sink", "record", "worker", "replayable", "body_complete", "expect",
-                 "attempts", "started", "finished", "cancelled", "deadline", "body_credit",
+    __slots__ = ("rid", "sink", "record", "state", "worker", "replayable", "body_complete",
+                 "attempts", "losses", "handbacks", "body_sent", "deadline", "body_credit",
                  "queued_at")
 
     def __init__(self, rid: int, sink: Sink) -> None:
         self.rid = rid
         self.sink = sink
         self.record = b""
+        self.state = NEW
         self.worker: Peer | None = None
         self.replayable = False
         self.body_complete = True
-        self.expect = False
-        self.attempts = 0
-        self.started = False
-        self.finished = False
-        self.cancelled = False
+        self.attempts = 0  # workers that died while possibly running it
+        self.losses = 0  # workers that died while holding it
+        self.handbacks = 0  # times a worker returned it unstarted
+        self.body_sent = 0  # BODY records sent to the worker holding it
         self.deadline = 0.0
         self.body_credit = 0
         self.queued_at = 0.0
 
+    def move(self, state: int) -> None:
+        """Change state, or raise ``StateError`` if ``TRANSITIONS`` does not allow it."""
+        if state not in TRANSITIONS[self.state]:
+            raise StateError(f"exchange {self.rid:x}: {STATE_NAMES[self.state]} -> "
+                             f"{STATE_NAMES[state]} is not a transition")
+        self.state = state
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    @property
+    def started(self) -> bool:
+        """The response head reached the sink (so a failure can only cut it)."""
+        return self.state == STARTED
+
+    def __repr__(self) -> str:
+        return f"<exchange {self.rid:x} {STATE_NAMES[self.state]}>"
+
+
+class Ghost:
+    """A worker's slot for an exchange its sink gave up: holds the unit of capacity until
+    the worker's final record (or the worker's loss) returns it."""
+
+    __slots__ = ("rid",)
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+
 
 class Peer:
-    """One connected handler worker, as the front sees it."""
+    """One connected handler worker, as the front sees it.
 
-    __slots__ = ("ident", "capacity", "window", "inflight", "pid", "host", "outbox",
-                 "exchanges", "leaving", "gone", "line", "progress", "concurrent")
+    ``slots`` maps the rid of every exchange it holds (or the ghost of one) to it, in the
+    order they were sent: its requests in flight are ``len(slots)``.
+    """
+
+    __slots__ = ("ident", "capacity", "window", "pid", "host", "outbox", "slots", "leaving",
+                 "gone", "line", "progress", "concurrent", "failures", "ejections",
+                 "ejected_until", "probe_rid", "probed_at")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str) -> None:
         self.ident = ident
@@ -154,33 +262,61 @@ class Peer:
         self.window = window
         self.pid = pid
         self.host = host
-        self.inflight = 0
         self.outbox: list[bytes] = []
-        self.exchanges: dict[int, Exchange] = {}
-        self.leaving = False
-        self.gone = False
+        self.slots: dict[int, Exchange | Ghost] = {}
+        self.leaving = False  # said BYE: gets nothing new, forgotten once its slots are free
+        self.gone = False  # lost or forgotten: its ident is no longer in ``peers``
         self.line = _UNLISTED  # which deque holds it: _IDLE, _READY or none
         self.concurrent = False  # serves its requests at once: never stalled
         self.progress = 0.0  # when it last finished a request, or became busy
+        self.failures = 0  # consecutive timeouts, 5xx ERRORs and malformed replies
+        self.ejections = 0
+        self.ejected_until = 0.0  # nonzero while ejected: when probing may start
+        self.probe_rid = 0
+        self.probed_at = 0.0
+
+    @property
+    def inflight(self) -> int:
+        return len(self.slots)
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until != 0.0
+
+    @property
+    def eligible(self) -> bool:
+        """May it be given new requests (capacity aside)?"""
+        return not (self.leaving or self.gone or self.ejected_until)
 
     def __repr__(self) -> str:
-        return f"<worker {self.pid}@{self.host} {self.inflight}/{self.capacity}>"
+        return f"<worker {self.pid}@{self.host} {len(self.slots)}/{self.capacity}>"
 
 
 class Dispatcher:
-    """The broker; see the module docstring. Create it in the process that uses it."""
+    """The broker; see the module docstring. Create it in the process that uses it.
 
-    def __init__(self, cfg: Any, loop: Any = None) -> None:
+    ``clock`` (seconds, monotonic) defaults to the loop's time; tests pass their own to
+    drive timeouts.
+    """
+
+    def __init__(self, cfg: Any, loop: Any = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self.loop = loop if loop is not None else gevent.get_hub().loop
+        self.clock: Callable[[], float] = clock if clock is not None else self.loop.now
         self.queue_size: int = cfg.queue_size
         self.request_timeout: float = cfg.request_timeout
+        self.queue_timeout: float = cfg.queue_timeout
+        self.eject_after: int = cfg.eject_after
+        self.heartbeat: float = cfg.heartbeat
         self.window: int = cfg.window
         self.peers: dict[bytes, Peer] = {}
         self.idle: collections.deque[Peer] = collections.deque()
         self.ready: collections.deque[Peer] = collections.deque()
-        self.queue: collections.deque[Exchange] = collections.deque()
-        self.queued = 0  # live entries in queue (cancelled ones are skipped lazily)
+        # insertion-ordered, O(1) removal of any entry (a client that gives up), and
+        # move_to_end(last=False) puts a request sent back by a worker first in line
+        self.queue: collections.OrderedDict[Exchange, None] = collections.OrderedDict()
+        self.malformed = LogLimiter(log, "malformed messages from the backend")
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._rid = random.getrandbits(63)
@@ -205,10 +341,10 @@ class Dispatcher:
         self._watcher.start(self._on_readable)
         self._monitor_watcher = self.loop.io(self.monitor.getsockopt(zmq.FD), 1)
         self._monitor_watcher.start(self._on_monitor)
-        tick = min(1.0, self.request_timeout / 4, cfg.heartbeat)
+        tick = min(1.0, self.request_timeout / 4, self.queue_timeout / 4, cfg.heartbeat)
         self._timer = self.loop.timer(tick, tick)
-        self._timer.start(self._on_tick)
-        self._last_probe = self.loop.now()
+        self._timer.start(self.tick)
+        self._last_probe = self.clock()
         # the FD may already be readable (edge passed before the watcher existed)
         self.loop.run_callback(self._on_readable)
 
@@ -216,64 +352,74 @@ class Dispatcher:
 
     def new_rid(self) -> int:
         self._rid = (self._rid + 1) & 0xFFFFFFFFFFFFFFFF
-        return self._rid
+        return self._rid or self.new_rid()  # rid 0 means "no exchange"
 
     def submit(self, ex: Exchange) -> None:
         """Send ``ex`` to a worker with free capacity, or queue it, or answer 503."""
-        ex.deadline = self.loop.now() + self.request_timeout
-        if not self.queued:
+        if not self.queue:
             peer = self._pick()
             if peer is not None:
+                ex.move(SENT)
                 self._assign(ex, peer)
                 return
-        if self.queued >= self.queue_size:
-            ex.finished = True
+        if len(self.queue) >= self.queue_size:
+            ex.move(DONE)
             ex.sink.on_failure(ex, ServiceUnavailable("No worker is free; try again"))
             return
-        ex.queued_at = self.loop.now()
-        self.queue.append(ex)
-        self.queued += 1
-        if _debug():
-            log.debug("Queued request %x: %d waiting", ex.rid, self.queued)
+        ex.move(QUEUED)
+        self._enqueue(ex)
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
         """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
         peer = ex.worker
-        if peer is None or ex.finished:
+        if peer is None:
             return
         ex.body_credit -= 1
-        ex.deadline = self.loop.now() + self.request_timeout
+        ex.body_sent += 1
+        ex.deadline = self.clock() + self.request_timeout
         self._post(peer, protocol.encode_data(protocol.BODY, ex.rid, data))
 
     def end_body(self, ex: Exchange) -> None:
         """Tell the worker the request body is complete."""
         peer = ex.worker
-        if peer is not None and not ex.finished:
+        if peer is not None:
             self._post(peer, protocol.encode_request_end(ex.rid))
 
     def grant(self, ex: Exchange, count: int = 1) -> None:
         """Let the worker send ``count`` more CHUNK records for ``ex``."""
         peer = ex.worker
-        if peer is not None and not ex.finished:
+        if peer is not None:
             self._post(peer, protocol.encode_credit(ex.rid, count))
 
     def cancel(self, ex: Exchange) -> None:
-        """The sink gives up on ``ex`` (client gone, or it answered itself); no more calls
-        reach the sink. A dispatched exchange keeps its worker's capacity until the worker
-        acknowledges with its final record."""
-        if ex.cancelled:
+        """The sink gives up on ``ex`` (client gone, or it answered itself): in any state,
+        no more calls reach the sink for it. A worker holding it is told to CANCEL; its slot
+        stays taken (by a ghost) until the worker acknowledges with its final record."""
+        state = ex.state
+        if state == DONE:
             return
-        ex.cancelled = True
-        if ex.finished:
-            return
-        peer = ex.worker
-        if peer is None:
-            self.queued -= 1  # left in the deque; skipped when it reaches the head
-            ex.finished = True
-        else:
+        if state == QUEUED:
+            del self.queue[ex]
+        elif state != NEW:
+            peer = ex.worker
+            assert peer is not None
             self._post(peer, protocol.encode_signal(protocol.CANCEL, ex.rid))
+            self._detach(ex, peer)
+        ex.move(DONE)
 
     def close(self) -> None:
+        """Stop: every exchange still queued or held ends (its sink is told nothing: the
+        front closes its connections first), and the sockets close."""
+        for ex in list(self.queue):
+            ex.move(DONE)
+        self.queue.clear()
+        for peer in list(self.peers.values()):
+            for slot in list(peer.slots.values()):
+                if isinstance(slot, Exchange):
+                    slot.worker = None
+                    slot.move(DONE)
+            peer.slots.clear()
+            self._forget(peer)
         self._watcher.stop()
         self._monitor_watcher.stop()
         self._timer.stop()
@@ -281,17 +427,57 @@ class Dispatcher:
         self.sock.close(linger=0)
         self.context.term()
 
+    # -- the invariants -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Assert every invariant of the dispatcher's state; raise ``AssertionError``.
+
+        Tests call it after every step. Cheap enough for a debugging front
+        (``WSGI_ZMQ_CHECK=1`` calls it once per loop iteration).
+        """
+        for ex in self.queue:
+            assert ex.state == QUEUED, f"{ex!r} in the queue"
+            assert ex.worker is None, f"queued {ex!r} has a worker"
+        assert len(self.queue) <= self.queue_size or not self.queue_size
+        lines = {_IDLE: self.idle, _READY: self.ready}
+        for line, members in lines.items():
+            assert len(set(map(id, members))) == len(members), "a worker listed twice"
+            for peer in members:
+                assert peer.line == line, f"{peer!r} in the wrong line"
+                assert self.peers.get(peer.ident) is peer, f"{peer!r} listed but unknown"
+                assert peer.eligible, f"{peer!r} listed but not eligible"
+        for ident, peer in self.peers.items():
+            assert peer.ident == ident and not peer.gone
+            if peer.line != _UNLISTED:
+                assert peer in lines[peer.line], f"{peer!r} thinks it is listed"
+            if peer.line == _IDLE:
+                assert not peer.slots, f"idle {peer!r} holds requests"
+            if peer.line == _READY:
+                assert 0 < len(peer.slots) < peer.capacity, f"ready {peer!r} is full or idle"
+            if peer.eligible and not peer.slots:
+                assert peer.line == _IDLE, f"{peer!r} is free but not listed"
+            if peer.leaving:
+                assert peer.slots, f"{peer!r} left with nothing held but is not forgotten"
+            for rid, slot in peer.slots.items():
+                assert slot.rid == rid, f"slot {rid:x} holds {slot!r}"
+                if isinstance(slot, Exchange):
+                    assert slot.state in (SENT, STARTED), f"{slot!r} in a slot of {peer!r}"
+                    assert slot.worker is peer, f"{slot!r} in a slot of {peer!r}, not its"
+        if self.queue:
+            assert not self.idle, "requests wait while a worker is idle"
+
     # -- assignment ---------------------------------------------------------------------
 
     def _pick(self) -> Peer | None:
         """The worker for the next request: idle first, then one with free capacity that
-        is not stalled; least recently used first in both lines."""
+        is not stalled; least recently used first in both lines. Taken off its line; the
+        caller assigns to it at once."""
         if self.idle:
             peer = self.idle.popleft()
-            peer.progress = self.loop.now()
+            peer.progress = self.clock()
         else:
             ready = self.ready
-            now = self.loop.now()
+            now = self.clock()
             while True:
                 if not ready:
                     return None
@@ -299,74 +485,89 @@ class Dispatcher:
                 if peer.concurrent or now - peer.progress < STALL_SECONDS:
                     break
                 peer.line = _UNLISTED  # stalled: listed again when it finishes a request
-        peer.inflight += 1
-        if peer.inflight < peer.capacity:
-            self.ready.append(peer)
-            peer.line = _READY
-        else:
-            peer.line = _UNLISTED
+        peer.line = _UNLISTED
         return peer
 
     def _assign(self, ex: Exchange, peer: Peer) -> None:
+        """Give ``ex`` (just moved to SENT) to ``peer``, taken off its line by ``_pick`` or
+        freeing a slot in ``_release``; list the worker again while it has room."""
         if ex.queued_at:
-            waited = int((self.loop.now() - ex.queued_at) * 1e6)
+            waited = int((self.clock() - ex.queued_at) * 1e6)
             ex.record = protocol.with_queue_time(ex.record, waited)
             ex.queued_at = 0.0
         ex.worker = peer
-        ex.attempts += 1
-        peer.exchanges[ex.rid] = ex
+        ex.deadline = self.clock() + self.request_timeout
+        ex.body_credit = 0
+        ex.body_sent = 0
+        peer.slots[ex.rid] = ex
+        if len(peer.slots) < peer.capacity and peer.line == _UNLISTED:
+            self.ready.append(peer)
+            peer.line = _READY
         self._post(peer, ex.record)
         if not ex.body_complete:
-            ex.body_credit = 0 if ex.expect else peer.window
             ex.sink.on_body_credit(ex, 0)
 
-    def _release(self, peer: Peer, progressed: bool = True) -> None:
-        """One of ``peer``'s exchanges ended: give the capacity to the queue or back.
+    def _enqueue(self, ex: Exchange, first: bool = False) -> None:
+        now = self.clock()
+        ex.queued_at = now
+        ex.deadline = now + self.queue_timeout
+        self.queue[ex] = None
+        if first:
+            self.queue.move_to_end(ex, last=False)
+        if _debug():
+            log.debug("Queued request %x: %d waiting", ex.rid, len(self.queue))
+
+    def _detach(self, ex: Exchange, peer: Peer) -> None:
+        """``ex`` leaves ``peer`` before the worker's final record: a ghost keeps the slot."""
+        peer.slots[ex.rid] = Ghost(ex.rid)
+        ex.worker = None
+
+    def _release(self, peer: Peer, rid: int, progressed: bool = True) -> None:
+        """The worker's final record for slot ``rid`` arrived: give the slot to the queue or
+        back to the worker's line.
 
         ``progressed`` is false for a request the worker handed back unstarted: that is no
         sign the worker is moving again, so a stalled one gets nothing from the queue.
         """
-        if peer.gone:
-            return
-        now = self.loop.now()
+        del peer.slots[rid]
+        now = self.clock()
         if progressed:
             peer.progress = now
         if peer.leaving:
-            peer.inflight -= 1
-            if not peer.inflight:
+            if not peer.slots:
                 self._forget(peer)
             return
-        while self.queued and (peer.concurrent or now - peer.progress < STALL_SECONDS):
-            ex = self.queue.popleft()
-            if ex.cancelled:
-                continue
-            self.queued -= 1
-            self._assign(ex, peer)  # keeps the unit of capacity it frees
+        if not peer.eligible:
             return
-        peer.inflight -= 1
-        if peer.inflight == 0:
+        if self.queue and (peer.concurrent or now - peer.progress < STALL_SECONDS):
+            ex, _ = self.queue.popitem(last=False)
+            ex.move(SENT)
+            self._assign(ex, peer)  # takes the slot this release freed
+            return
+        if not peer.slots:
             if peer.line == _READY:
                 self.ready.remove(peer)
             self.idle.append(peer)
             peer.line = _IDLE
-        elif peer.line == _UNLISTED:
+        elif peer.line == _UNLISTED and len(peer.slots) < peer.capacity:
             self.ready.append(peer)
             peer.line = _READY
 
     def _finish(self, ex: Exchange, peer: Peer) -> None:
-        ex.finished = True
-        del peer.exchanges[ex.rid]
-        self._release(peer)
+        """``ex`` ended with the worker's final record."""
+        ex.move(DONE)
+        ex.worker = None
+        peer.failures = 0
+        self._release(peer, ex.rid)
 
     def _drain_queue(self) -> None:
-        while self.queued:
+        queue = self.queue
+        while queue:
             peer = self._pick()
             if peer is None:
                 return
-            ex = self.queue.popleft()
-            while ex.cancelled:
-                ex = self.queue.popleft()
-            self.queued -= 1
+            ex, _ = queue.popitem(last=False)
+            ex.move(SENT)
             self._assign(ex, peer)
 
     # -- sending ------------------------------------------------------------------------
@@ -404,6 +605,17 @@ class Dispatcher:
         if events & _POLLIN:
             self._on_readable()
 
+    def _send_now(self, peer: Peer, records: list[bytes]) -> bool:
+        """Send ``records`` (and whatever is pending for ``peer``) at once."""
+        pending, peer.outbox = peer.outbox, []
+        try:
+            self._send(peer.ident, _SNDMORE | _NOBLOCK)
+            self._send(protocol.frame(pending + records), _NOBLOCK)
+        except zmq.ZMQError as exc:
+            self._lost(peer, exc)
+            return False
+        return True
+
     def _lost(self, peer: Peer, exc: zmq.ZMQError) -> None:
         if exc.errno == zmq.EHOSTUNREACH:
             self._drop(peer, "disconnected")
@@ -417,6 +629,7 @@ class Dispatcher:
 
     def _on_readable(self) -> None:
         recv = self._recv
+        sock = self.sock
         for _ in range(_RECV_BATCH):
             try:
                 ident = recv(_NOBLOCK)
@@ -426,11 +639,14 @@ class Dispatcher:
                 if exc.errno == zmq.ENOTSOCK:
                     return  # closed during shutdown
                 raise
+            if not sock.rcvmore:
+                continue  # a ROUTER always gives [ident, data]; defensive
             data = recv()
-            if self.sock.rcvmore:
-                while self.sock.rcvmore:
+            if sock.rcvmore:
+                while sock.rcvmore:
                     recv()
-                log.warning("Dropped a message of more than two parts from %r", ident)
+                self.malformed.warning("Dropped a message of more than two parts from %r",
+                                       ident)
                 continue
             self._handle(ident, data)
         self.loop.run_callback(self._on_readable)  # more may wait; let others run first
@@ -439,96 +655,128 @@ class Dispatcher:
         try:
             records = _split_frame(data)
         except ProtocolError as exc:
-            log.warning("Dropped a malformed message from %r: %s", ident, exc)
+            self.malformed.warning("Dropped a malformed message from %r: %s", ident, exc)
             return
         peer = self.peers.get(ident)
         for kind, rid, payload in records:
             if peer is None or kind == READY:
                 if kind == READY:
                     peer = self._on_ready(ident, payload, peer)
-                elif kind != HEARTBEAT:
+                elif kind != HEARTBEAT and _debug():
                     log.debug("Dropped %s from unknown peer %r", protocol.KIND_NAMES[kind],
                               ident)
                 continue
+            if peer.gone:
+                return  # lost while this frame was being handled
             if rid:
-                ex = peer.exchanges.get(rid)
+                ex = peer.slots.get(rid)
                 if ex is None:
-                    log.debug("Dropped %s for unknown request %x from %r",
-                              protocol.KIND_NAMES[kind], rid, peer)
+                    if kind == HEARTBEAT:
+                        self._on_probe_answer(peer, rid)
+                    elif _debug():
+                        log.debug("Dropped %s for unknown request %x from %r",
+                                  protocol.KIND_NAMES[kind], rid, peer)
                     continue
                 try:
-                    self._on_exchange_record(peer, ex, kind, payload)
+                    if isinstance(ex, Ghost):
+                        self._on_ghost_record(peer, rid, kind, payload)
+                    else:
+                        self._on_exchange_record(peer, ex, kind, payload)
                 except ProtocolError as exc:
-                    log.warning("Dropped a malformed %s from %r: %s",
-                                protocol.KIND_NAMES[kind], peer, exc)
-                    self._abandon(peer, ex)
+                    self.malformed.warning("Dropped a malformed %s from %r: %s",
+                                           protocol.KIND_NAMES[kind], peer, exc)
+                    self._abandon(peer, rid)
             elif kind == BYE:
                 self._on_bye(peer)
             elif kind != HEARTBEAT:
-                log.warning("Dropped %s without a request id from %r",
-                            protocol.KIND_NAMES[kind], peer)
+                self.malformed.warning("Dropped %s without a request id from %r",
+                                       protocol.KIND_NAMES[kind], peer)
 
     def _on_exchange_record(self, peer: Peer, ex: Exchange, kind: int, payload: bytes) -> None:
         sink = ex.sink
-        if kind == RESPONSE:
+        if kind == CHUNK:
+            if ex.state != STARTED:
+                raise ProtocolError("CHUNK before the response head")
+            sink.on_chunk(ex, payload)
+        elif kind == RESPONSE:
+            if ex.state != SENT:
+                raise ProtocolError("a second response head")
             flags = payload[0]
-            ex.started = True
             if flags & RESP_END:
                 self._finish(ex, peer)
-            if not ex.cancelled:
-                sink.on_response(ex, flags, payload)
-        elif kind == CHUNK:
-            if not ex.cancelled:
-                sink.on_chunk(ex, payload)
+            else:
+                ex.move(STARTED)
+            sink.on_response(ex, flags, payload)
         elif kind == END:
+            flags, tail = protocol.decode_end(payload)
+            started = ex.state == STARTED
             self._finish(ex, peer)
-            if not ex.cancelled:
-                flags, tail = protocol.decode_end(payload)
+            if started:
                 sink.on_end(ex, flags, tail)
+            else:  # the worker gave up before any head: nothing was written yet
+                sink.on_failure(ex, BadGateway("The worker ended the request without an "
+                                               "answer"))
         elif kind == CREDIT:
             count = protocol.decode_credit(payload)
             ex.body_credit += count
-            ex.deadline = self.loop.now() + self.request_timeout
-            if not ex.cancelled:
-                sink.on_body_credit(ex, count)
+            ex.deadline = self.clock() + self.request_timeout
+            sink.on_body_credit(ex, count)
         elif kind == ERROR:
             status, message = protocol.decode_error(payload)
-            self._finish(ex, peer)
-            if not ex.cancelled:
-                sink.on_failure(ex, WorkerError(status, message))
+            ex.move(DONE)
+            ex.worker = None
+            if status >= 500:  # before the release: an ejected worker takes nothing new
+                self._failed(peer, f"answered {status}")
+            self._release(peer, ex.rid)
+            sink.on_failure(ex, WorkerError(status, message))
         elif kind == REJECT:
-            del peer.exchanges[ex.rid]
-            self._release(peer, progressed=False)
-            self._retry(ex, "the worker returned it unstarted", always=True)
+            if ex.state != SENT:
+                raise ProtocolError("REJECT of a started response")
+            ex.worker = None
+            self._release(peer, ex.rid, progressed=False)
+            ex.handbacks += 1
+            if ex.handbacks > MAX_HANDBACKS:
+                ex.move(DONE)
+                sink.on_failure(ex, ServiceUnavailable("Every worker handed the request back"))
+            else:
+                self._retry(ex)
         else:
-            log.warning("Dropped %s from %r: not a worker's record", protocol.KIND_NAMES[kind],
-                        peer)
+            raise ProtocolError(f"{protocol.KIND_NAMES[kind]} is not a worker's record")
 
-    def _abandon(self, peer: Peer, ex: Exchange) -> None:
-        """A worker broke the protocol on ``ex``: answer 502 and tell it to stop."""
-        if ex.finished:
+    def _on_ghost_record(self, peer: Peer, rid: int, kind: int, payload: bytes) -> None:
+        """A record for a slot whose sink gave up: a final one frees the slot."""
+        if kind in _FINAL_KINDS or (kind == RESPONSE and payload[0] & RESP_END):
+            self._release(peer, rid)
+
+    def _abandon(self, peer: Peer, rid: int) -> None:
+        """A worker broke the protocol on slot ``rid``: answer 502, tell it to stop."""
+        ex = peer.slots.get(rid)
+        if ex is None or peer.gone:
             return
-        self._post(peer, protocol.encode_signal(protocol.CANCEL, ex.rid))
-        self._finish(ex, peer)
-        if not ex.cancelled:
+        self._post(peer, protocol.encode_signal(protocol.CANCEL, rid))
+        if isinstance(ex, Exchange):
+            self._detach(ex, peer)
+            ex.move(DONE)
             ex.sink.on_failure(ex, BadGateway("The worker sent a malformed reply"))
+        self._failed(peer, "broke the protocol")
 
     def _on_ready(self, ident: bytes, payload: bytes, peer: Peer | None) -> Peer | None:
         try:
             ready = protocol.decode_ready(payload)
         except ProtocolError as exc:
-            log.warning("Dropped a malformed READY from %r: %s", ident, exc)
+            self.malformed.warning("Dropped a malformed READY from %r: %s", ident, exc)
             return peer
+        concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
         if peer is not None:
             # the worker restated its capacity: apply it from now on
             self._unlist(peer)
             peer.capacity = ready.capacity
             peer.window = ready.window
-            peer.concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
+            peer.concurrent = concurrent
             self._list(peer)
         else:
             peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host)
-            peer.concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
+            peer.concurrent = concurrent
             self.peers[ident] = peer
             self._list(peer)
             log.info("Worker %s@%s connected, capacity %d", ready.pid, ready.host,
@@ -538,19 +786,14 @@ class Dispatcher:
 
     def _on_bye(self, peer: Peer) -> None:
         """The worker leaves: send it nothing more, and tell it so (BYE back)."""
+        if peer.leaving:
+            return
         log.info("Worker %s@%s leaves", peer.pid, peer.host)
-        records = peer.outbox  # credits, body, cancels already due still go, BYE last
-        peer.outbox = []
-        records.append(protocol.encode_signal(BYE))
-        try:
-            self._send(peer.ident, _SNDMORE | _NOBLOCK)
-            self._send(protocol.frame(records), _NOBLOCK)
-        except zmq.ZMQError as exc:
-            self._lost(peer, exc)
+        if not self._send_now(peer, [protocol.encode_signal(BYE)]):
             return
         self._unlist(peer)
         peer.leaving = True
-        if not peer.inflight:
+        if not peer.slots:
             self._forget(peer)
 
     def _unlist(self, peer: Peer) -> None:
@@ -561,61 +804,113 @@ class Dispatcher:
         peer.line = _UNLISTED
 
     def _list(self, peer: Peer) -> None:
-        if peer.leaving or peer.gone:
+        """Put an unlisted worker on the line its state calls for."""
+        if not peer.eligible:
             return
-        if peer.inflight == 0:
+        if not peer.slots:
             self.idle.append(peer)
             peer.line = _IDLE
-        elif peer.inflight < peer.capacity:
+        elif len(peer.slots) < peer.capacity:
             self.ready.append(peer)
             peer.line = _READY
 
     def _forget(self, peer: Peer) -> None:
+        self._unlist(peer)
         peer.gone = True
+        peer.outbox = []
         self.peers.pop(peer.ident, None)
 
     # -- failures -----------------------------------------------------------------------
 
     def _drop(self, peer: Peer, reason: str) -> None:
-        """``peer`` is gone: fail over every exchange it held."""
+        """``peer`` is gone: every slot it held is free, its exchanges fail over."""
         if peer.gone:
             return
-        held = list(peer.exchanges.values())
+        held = list(peer.slots.values())
         log.warning("Worker %s@%s lost (%s) holding %d request(s)", peer.pid, peer.host,
-                    reason, len(held))
-        self._unlist(peer)
+                    reason, sum(isinstance(ex, Exchange) for ex in held))
+        peer.slots.clear()
         self._forget(peer)
-        peer.exchanges.clear()
+        waiting = [ex for ex in held if isinstance(ex, Exchange)]
+        self._fail_over(peer, waiting, held[0] if held else None,
+                        "its worker was lost")
+
+    def _fail_over(self, peer: Peer, held: list[Exchange], running: Exchange | Ghost | None,
+                   why: str) -> None:
+        """The exchanges of ``held`` (in the order ``peer`` got them) lost their worker:
+        send each again or answer it. ``running`` is the first slot the worker held.
+
+        Which of them may have run: every one, for a worker that serves at once; for a
+        worker that serves in order, only ``running``. The worker flushes its replies
+        before it starts a request that may not be replayed, so a non-replayable request
+        behind one whose final record never arrived cannot have started. A request that may
+        have run goes again only if it is replayable and fewer than ``MAX_ATTEMPTS`` workers
+        died running it; one that cannot have run goes again whatever its method, if all it
+        was sent is its REQUEST record. A started response can only be cut (502).
+        """
         for ex in held:
             ex.worker = None
-            if ex.cancelled:
-                ex.finished = True
-            elif ex.started:
-                ex.finished = True
+            ex.losses += 1
+            if ex.state == STARTED:
+                ex.move(DONE)
                 ex.sink.on_failure(ex, BadGateway("The worker died while answering"))
+                continue
+            if peer.concurrent or ex is running:
+                ex.attempts += 1
+                again = ex.replayable and ex.attempts < MAX_ATTEMPTS
             else:
-                self._retry(ex, "its worker was lost")
+                again = ex.body_complete or not ex.body_sent
+            if again and ex.losses < MAX_LOSSES:
+                log.info("Dispatching request %x again: %s", ex.rid, why)
+                self._retry(ex)
+            else:
+                ex.move(DONE)
+                ex.sink.on_failure(ex, BadGateway(f"The request failed: {why}"))
 
-    def _retry(self, ex: Exchange, why: str, always: bool = False) -> None:
-        ex.worker = None
-        if ex.cancelled:
-            ex.finished = True
+    def _retry(self, ex: Exchange) -> None:
+        """Send a SENT exchange that no worker holds any more to the head of the queue."""
+        ex.move(QUEUED)
+        self._enqueue(ex, first=True)
+        self._drain_queue()
+
+    def _failed(self, peer: Peer, what: str) -> None:
+        """One more consecutive failure of ``peer``; eject it after ``eject_after``.
+
+        An ejected worker gets nothing new, and what it holds but has not started goes to
+        other workers (the worker is told to CANCEL it; ghosts keep the slots)."""
+        peer.failures += 1
+        if not self.eject_after or peer.failures < self.eject_after or not peer.eligible:
             return
-        if (always or (ex.replayable and ex.attempts < MAX_ATTEMPTS)) and ex.body_complete:
-            log.info("Dispatching request %x again: %s", ex.rid, why)
-            ex.queued_at = self.loop.now()
-            self.queue.appendleft(ex)
-            self.queued += 1
-            self._drain_queue()
+        peer.ejections += 1
+        beats = min(_EJECT_BEATS * peer.ejections, _EJECT_MAX_BEATS)
+        peer.ejected_until = self.clock() + beats * self.heartbeat
+        peer.probe_rid = 0
+        self._unlist(peer)
+        log.warning("Worker %s@%s ejected: its last %d requests failed (it %s); probing it "
+                    "in %.1f s", peer.pid, peer.host, peer.failures, what,
+                    beats * self.heartbeat)
+        order = list(peer.slots.values())
+        waiting = [ex for ex in order if isinstance(ex, Exchange) and ex.state == SENT]
+        for ex in waiting:
+            self._post(peer, protocol.encode_signal(protocol.CANCEL, ex.rid))
+            self._detach(ex, peer)
+        self._fail_over(peer, waiting, order[0] if order else None,
+                        "its worker was ejected")
+
+    def _on_probe_answer(self, peer: Peer, rid: int) -> None:
+        if not peer.ejected or rid != peer.probe_rid:
             return
-        ex.finished = True
-        ex.sink.on_failure(ex, BadGateway(f"The request failed: {why}"))
+        log.info("Worker %s@%s answered its probe: back in dispatch", peer.pid, peer.host)
+        peer.ejected_until = 0.0
+        peer.failures = 0
+        peer.probe_rid = 0
+        self._list(peer)
+        self._drain_queue()
 
     def _on_monitor(self) -> None:
         try:
             while True:
                 self.monitor.recv_multipart(_NOBLOCK)
-                self._probe_needed = True
         except _zmq_Again:
             pass
         except zmq.ZMQError:
@@ -624,33 +919,43 @@ class Dispatcher:
         self.loop.run_callback(self.probe)
 
     def probe(self) -> None:
-        """Send a HEARTBEAT to every worker; ``ROUTER_MANDATORY`` reveals the lost ones."""
-        self._last_probe = self.loop.now()
-        beat = protocol.VERSION_BYTE + protocol.encode_heartbeat(self.queued)
-        for peer in list(self.peers.values()):
-            try:
-                self._send(peer.ident, _SNDMORE | _NOBLOCK)
-                self._send(beat, _NOBLOCK)
-            except zmq.ZMQError as exc:
-                self._lost(peer, exc)
+        """Send a HEARTBEAT to every worker; ``ROUTER_MANDATORY`` reveals the lost ones.
 
-    def _on_tick(self) -> None:
-        now = self.loop.now()
-        if now - self._last_probe >= self.cfg.heartbeat:
-            self.probe()
-        queue = self.queue
-        while queue and (queue[0].cancelled or queue[0].deadline <= now):
-            ex = queue.popleft()
-            if ex.cancelled:
-                continue
-            self.queued -= 1
-            ex.finished = True
-            ex.sink.on_failure(ex, GatewayTimeout("No worker was free in time"))
+        An ejected worker whose ejection time is over gets one that carries a probe id to
+        echo instead."""
+        now = self.clock()
+        self._last_probe = now
+        beat = protocol.encode_heartbeat(len(self.queue))
         for peer in list(self.peers.values()):
-            late = [ex for ex in peer.exchanges.values()
-                    if not ex.started and not ex.cancelled and ex.deadline <= now]
+            record = beat
+            if peer.ejected and now >= peer.ejected_until:
+                if not peer.probe_rid:
+                    peer.probe_rid = self.new_rid()
+                record = protocol.encode_probe(peer.probe_rid)
+            self._send_now(peer, [record])
+
+    def tick(self) -> None:
+        """The timer: heartbeats and probes, queue timeouts, request timeouts."""
+        now = self.clock()
+        if now - self._last_probe >= self.heartbeat:
+            self.probe()
+        self.malformed.flush()
+        if self.queue:
+            late = [ex for ex in self.queue if ex.deadline <= now]
             for ex in late:
+                del self.queue[ex]
+                ex.move(DONE)
+                ex.sink.on_failure(ex, ServiceUnavailable(
+                    f"No worker was free within {self.queue_timeout:g} s"))
+        for peer in list(self.peers.values()):
+            late = [ex for ex in peer.slots.values()
+                    if isinstance(ex, Exchange) and ex.state == SENT and ex.deadline <= now]
+            for ex in late:
+                if ex.worker is not peer or ex.state != SENT:
+                    continue  # failed over by an ejection this loop made
                 log.warning("Request %x timed out on worker %s@%s", ex.rid, peer.pid,
                             peer.host)
-                ex.sink.on_failure(ex, GatewayTimeout("The worker did not answer in time"))
                 self.cancel(ex)
+                ex.sink.on_failure(ex, GatewayTimeout(
+                    "The worker did not answer in time"))
+                self._failed(peer, "timed out")

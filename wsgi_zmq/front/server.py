@@ -33,11 +33,12 @@ import errno
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Final
 
 import gevent
 import gevent.event
@@ -53,7 +54,7 @@ from wsgi_zmq.errors import (
     RequestTimeout,
     render_error,
 )
-from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
+from wsgi_zmq.front.dispatcher import DONE, NEW, Dispatcher, Exchange, StateError
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
 from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
@@ -67,6 +68,7 @@ from wsgi_zmq.protocol import (
     REQ_CHUNKED,
     REQ_EXPECT,
     REQ_KEEP_ALIVE,
+    REQ_REPLAYABLE,
     RESP_CLOSE,
     RESP_END,
 )
@@ -83,24 +85,57 @@ _encode_request = protocol.encode_request
 class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
-    __slots__ = ("head", "pending", "request_done", "continue_sent")
+    __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
         self.head = head
         self.pending: collections.deque[bytes] = collections.deque()
         self.request_done = False
+        self.continue_wanted = head.expect_continue
         self.continue_sent = False
 
 
+# -- connection phases ---------------------------------------------------------------------
+
+OPEN: Final = 0       # reading requests and answering them, in order
+CLOSING: Final = 1    # the last answer is being written; nothing more is read
+LINGERING: Final = 2  # written and shut for writing; the client's bytes are read, discarded
+CLOSED: Final = 3
+PHASE_NAMES: Final = ("OPEN", "CLOSING", "LINGERING", "CLOSED")
+
+#: OPEN -> CLOSING (an answer that ends the connection; a refusal; draining),
+#: LINGERING (the same with nothing left to write), CLOSED (the client closed; a cut;
+#: a timeout). CLOSING -> LINGERING (all written), CLOSED. LINGERING -> CLOSED (the client
+#: closed, or ``LINGER_SECONDS`` passed).
+PHASES: Final[tuple[frozenset[int], ...]] = (
+    frozenset({CLOSING, LINGERING, CLOSED}),  # OPEN
+    frozenset({LINGERING, CLOSED}),           # CLOSING
+    frozenset({CLOSED}),                      # LINGERING
+    frozenset(),                              # CLOSED
+)
+
+#: After its last answer a connection is shut for writing and what the client still sends
+#: is read and thrown away for up to this long. Closing at once with unread bytes would
+#: make the kernel send a reset, and the client could lose the answer (a 400 for a bad
+#: request sent byte by byte, say) before reading it.
+LINGER_SECONDS: Final = 2.0
+
+
 class Connection:
-    """One client connection: the parser's sink and the dispatcher's sink."""
+    """One client connection: the parser's sink and the dispatcher's sink.
+
+    ``phase`` is one of ``PHASES``; every change goes through ``_enter``. While OPEN,
+    ``current`` is the request being answered, ``pipeline`` the parsed requests behind it
+    (not yet submitted), ``parsing`` the request whose body is being read (``current`` or
+    the last of ``pipeline``), and ``refusal`` the answer owed, after the requests before
+    it, to a stream the parser refused. ``check()`` asserts the invariants.
+    """
 
     __slots__ = ("server", "sock", "fd", "remote_addr", "remote_port", "listener", "trusted",
                  "proxy_header", "parser", "reader", "writer", "reading", "current", "parsing",
-                 "pipeline",
-                 "out", "closing", "closed", "last_active", "head_started", "write_stalled",
-                 "refusal")
+                 "pipeline", "out", "phase", "last_active", "read_since", "head_started",
+                 "write_stalled", "linger_until", "refusal", "ending")
 
     def __init__(self, server: FrontServer, sock: socket.socket, remote: Any,
                  listener: Listener) -> None:
@@ -122,39 +157,80 @@ class Connection:
         self.reader = loop.io(self.fd, _READ)
         self.writer: Any = None
         self.reading = False
-        self.current: HttpExchange | None = None   # the request being answered
-        self.parsing: HttpExchange | None = None   # the request whose body is being read
+        self.current: HttpExchange | None = None
+        self.parsing: HttpExchange | None = None
         self.pipeline: collections.deque[HttpExchange] = collections.deque()
         self.out: collections.deque[tuple[memoryview, HttpExchange | None]] = \
             collections.deque()
-        self.closing = False
-        self.closed = False
-        self.last_active = loop.now()
-        self.head_started = 0.0
-        self.write_stalled = 0.0
-        self.refusal: HTTPError | None = None  # answered once the requests before it are
+        self.phase = OPEN
+        self.last_active = loop.now()  # the last byte read, or the last answer finished
+        self.read_since = 0.0  # when reading was last turned on
+        self.head_started = 0.0  # the first byte of a request head not yet complete
+        self.write_stalled = 0.0  # the last write progress while output waits
+        self.linger_until = 0.0
+        self.refusal: HTTPError | None = None
+        self.ending = False  # no request after the current one (the front drains)
         self._set_reading(True)
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == CLOSED
+
+    def _enter(self, phase: int) -> None:
+        if phase not in PHASES[self.phase]:
+            raise StateError(f"connection from {self.remote_addr!r}: "
+                             f"{PHASE_NAMES[self.phase]} -> {PHASE_NAMES[phase]}")
+        self.phase = phase
+
+    def check(self) -> None:
+        """Assert the connection's invariants (tests and ``WSGI_ZMQ_CHECK=1`` call it)."""
+        phase = self.phase
+        if phase == CLOSED:
+            assert self.current is None and not self.pipeline and not self.out
+            assert self not in self.server.connections
+            return
+        assert self in self.server.connections, "an open connection the server lost"
+        if self.pipeline:
+            assert self.current is not None, "requests wait behind no current one"
+        for ex in self.pipeline:
+            assert ex.state == NEW, f"pipelined {ex!r} was submitted"
+        if self.parsing is not None:
+            assert self.parsing is self.current or self.parsing is self.pipeline[-1]
+        current = self.current
+        if current is not None:
+            assert current.state not in (NEW, DONE), f"current {current!r}"
+        if phase == OPEN:
+            assert self.reading == self._wants_to_read(), "reading out of step"
+            if self.refusal is not None:
+                assert self.parsing is None and self.current is not None
+        else:
+            assert not self.pipeline and self.parsing is None
+        if phase == LINGERING:
+            assert current is None and not self.out and self.reading
 
     # -- reading --------------------------------------------------------------------------
 
     def _set_reading(self, on: bool) -> None:
-        if on != self.reading and not self.closed:
+        if on != self.reading:
             self.reading = on
             if on:
+                self.read_since = self.server.loop.now()
                 self.reader.start(self._on_readable)
             else:
                 self.reader.stop()
 
-    def _update_reading(self) -> None:
+    def _wants_to_read(self) -> bool:
+        if self.phase != OPEN or self.refusal is not None:
+            return False
         parsing = self.parsing
-        if self.closing or self.refusal is not None:
-            want = False
-        elif parsing is None:
-            want = not self.pipeline
-        else:
-            want = (parsing is self.current and parsing.worker is not None
-                    and not parsing.pending and parsing.body_credit > 0)
-        self._set_reading(want)
+        if parsing is None:
+            return not self.pipeline and not self.ending
+        return (parsing is self.current and parsing.worker is not None
+                and not parsing.pending and parsing.body_credit > 0)
+
+    def _update_reading(self) -> None:
+        if self.phase == OPEN:
+            self._set_reading(self._wants_to_read())
 
     def _on_readable(self) -> None:
         try:
@@ -169,6 +245,8 @@ class Connection:
             return
         server = self.server
         self.last_active = server.loop.now()
+        if self.phase == LINGERING:
+            return  # read only to be thrown away
         if self.proxy_header is not None:
             try:
                 data = self._read_proxy_header(data)
@@ -184,7 +262,7 @@ class Connection:
         except HTTPError as exc:
             self._refuse(exc)  # requests parsed before the bad one are still answered
         current = self.current
-        if current is not None and not current.record and not self.closed:
+        if current is not None and current.state == NEW and self.phase == OPEN:
             self._dispatch(current)
         self._update_reading()
 
@@ -220,7 +298,7 @@ class Connection:
         ex = self.parsing
         if ex is None:
             return
-        if ex.worker is not None and not ex.pending and ex.body_credit > 0 and not ex.finished:
+        if ex.worker is not None and not ex.pending and ex.body_credit > 0:
             self.server.dispatcher.send_body(ex, data)
         else:
             ex.pending.append(data)
@@ -231,7 +309,7 @@ class Connection:
             return
         self.parsing = None
         ex.request_done = True
-        if ex.worker is not None and not ex.pending and not ex.finished:
+        if ex.worker is not None and not ex.pending:
             self.server.dispatcher.end_body(ex)
 
     # -- dispatching ------------------------------------------------------------------------
@@ -245,16 +323,18 @@ class Connection:
             if ex.pending:
                 body = b"".join(ex.pending)
                 ex.pending.clear()
+            if request_is_idempotent(head.method):
+                flags |= REQ_REPLAYABLE
+                ex.replayable = True
         else:
+            # the worker asks for the rest with CREDIT once the app reads: until then the
+            # request holds nothing but this record and may go to another worker
             ex.body_complete = False
+            flags |= REQ_EXPECT
             if ex.pending:
                 body = ex.pending.popleft()
-            elif head.expect_continue:
-                flags |= REQ_EXPECT
-                ex.expect = True
             if head.chunked:
                 flags |= REQ_CHUNKED
-        ex.replayable = ex.request_done and request_is_idempotent(head.method)
         listener = self.listener
         server = self.server
         scheme = listener.scheme
@@ -268,14 +348,14 @@ class Connection:
 
     def on_body_credit(self, ex: Exchange, count: int) -> None:
         assert isinstance(ex, HttpExchange)
-        if ex.expect and not ex.continue_sent and ex.body_credit > 0:
+        if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
             self._write(_CONTINUE)
         dispatcher = self.server.dispatcher
         pending = ex.pending
         while pending and ex.body_credit > 0:
             dispatcher.send_body(ex, pending.popleft())
-        if ex.request_done and not pending and ex.worker is not None:
+        if ex.request_done and not pending and ex.worker is not None and count:
             dispatcher.end_body(ex)
         if ex is self.parsing:
             self._update_reading()
@@ -301,7 +381,7 @@ class Connection:
         self._response_done(ex, flags & END_CLOSE)
 
     def on_failure(self, ex: Exchange, error: HTTPError) -> None:
-        if self.closed:
+        if self.phase == CLOSED:
             return
         if ex.started or ex is not self.current:
             # the head is out: a complete-looking wrong answer is worse than a cut
@@ -311,8 +391,8 @@ class Connection:
         if error.status >= 500:
             log.warning("%d for %s %s: %s", error.status, ex.head.method.decode("latin-1"),
                         ex.head.target.decode("latin-1")[:200], error.detail)
+        self.server.dispatcher.cancel(ex)  # done already, unless the sink answers itself
         close = error.close or not ex.request_done
-        self.server.dispatcher.cancel(ex)
         version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
         answer = render_error(error.status, error.reason, error.detail, close, error.headers,
                               version)
@@ -321,59 +401,81 @@ class Connection:
         self._response_done(ex, close)
 
     def _refuse(self, error: HTTPError) -> None:
-        """The parser refused the stream: answer the requests before the bad one, then
-        answer the error and close (RFC 9112 section 9.6)."""
+        """The stream is refused (the parser, a timeout): answer the requests before the bad
+        one, then answer the error and close (RFC 9112 section 9.6). A refused request a
+        worker holds is cancelled there (the app's ``wsgi.input`` read fails)."""
+        if self.phase != OPEN:
+            return
         log.debug("Refused a request from %s: %d %s", self.remote_addr.decode("latin-1"),
                   error.status, error.detail)
-        self.refusal = error
-        self._set_reading(False)
         broken, self.parsing = self.parsing, None  # its body can no longer be read
         if broken is not None:
             if broken is self.current:
                 if broken.started:
-                    self.close()
+                    self.close()  # the response is on its way: it can only be cut
                     return
                 self.server.dispatcher.cancel(broken)
                 self.current = None
             else:
                 self.pipeline.remove(broken)
+                broken.move(DONE)
+        self.refusal = error
+        self._set_reading(False)
         if self.current is None:
-            answer = error.render()
-            self.server.log_access(self, None, error, answer)
-            self._close_after(answer)
+            self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        error = self.refusal
+        assert error is not None
+        self.refusal = None
+        answer = error.render()
+        self.server.log_access(self, None, error, answer)
+        self._close_after(answer)
 
     def _response_done(self, ex: Exchange, close: int) -> None:
         assert isinstance(ex, HttpExchange)
         self.current = None
         self.last_active = self.server.loop.now()
-        if close or self.closing or not ex.head.keep_alive or not ex.request_done:
+        if close or self.ending or not ex.head.keep_alive or not ex.request_done:
             self._close_after(b"")
         elif self.pipeline:
             nxt = self.current = self.pipeline.popleft()
             self._dispatch(nxt)
             self._update_reading()
         elif self.refusal is not None:
-            answer = self.refusal.render()
-            self.server.log_access(self, None, self.refusal, answer)
-            self._close_after(answer)
+            self._answer_refusal()
         else:
             self._update_reading()
 
     def _close_after(self, data: bytes) -> None:
-        """Write ``data``, then close once everything buffered is out."""
-        self.closing = True
-        self.pipeline.clear()
+        """Write ``data``, then shut the connection for writing once everything buffered is
+        out, and linger (see ``LINGER_SECONDS``)."""
+        if self.phase == OPEN:
+            self._enter(CLOSING)
+        self._drop_pipeline()
         self.parsing = None
         self._set_reading(False)
         if data:
             self._write(data)
-        if not self.out:
+        if not self.out and self.phase == CLOSING:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Shut for writing; read and discard until the client closes or time is up."""
+        self._enter(LINGERING)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self.close()
+            return
+        self.linger_until = self.server.loop.now() + LINGER_SECONDS
+        self.server.lingering(self)
+        self._set_reading(True)
 
     # -- writing ----------------------------------------------------------------------------
 
     def _write(self, data: bytes | memoryview, credit: HttpExchange | None = None) -> None:
-        if self.closed:
+        if self.phase >= LINGERING:
             return
         if not self.out:
             try:
@@ -415,42 +517,68 @@ class Connection:
                 dispatcher.grant(credit, 1)
         self.writer.stop()
         self.write_stalled = 0.0
-        if self.closing and self.current is None:
-            self.close()
+        if self.phase == CLOSING and self.current is None:
+            self._linger()
 
     # -- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close now: stop the watchers, cancel what a worker still holds for us."""
-        if self.closed:
+        if self.phase == CLOSED:
             return
-        self.closed = True
+        self._enter(CLOSED)
         self.reader.stop()
+        self.reading = False
         if self.writer is not None:
             self.writer.stop()
         dispatcher = self.server.dispatcher
         if self.current is not None:
             dispatcher.cancel(self.current)
             self.current = None
-        self.pipeline.clear()
+        self._drop_pipeline()
+        self.parsing = None
         self.out.clear()
-        self.server.connections.discard(self)
         try:
             self.sock.close()
         except OSError:
             pass
+        self.server.connection_closed(self)
 
-    def check_timeouts(self, now: float, keepalive: float, request_timeout: float) -> None:
-        """Close an idle keep-alive connection, a slow request head, a stalled reader."""
-        if self.write_stalled and now - self.write_stalled > request_timeout:
+    def end_after_current(self) -> None:
+        """Answer the request in progress, then close: read no further request."""
+        self.ending = True
+        if self.parsing is not self.current:
+            self.parsing = None
+        self._drop_pipeline()
+        self._update_reading()
+
+    def _drop_pipeline(self) -> None:
+        """Forget the parsed requests behind the current one (never submitted)."""
+        for ex in self.pipeline:
+            ex.move(DONE)
+        self.pipeline.clear()
+
+    def check_timeouts(self, now: float, cfg: Any) -> None:
+        """Close an idle connection, a lingering one past its time, a client that stopped
+        reading; answer 408 to a request head or body that is too slow."""
+        phase = self.phase
+        if phase == LINGERING:
+            if now >= self.linger_until:
+                self.close()
+        elif self.write_stalled and now - self.write_stalled > cfg.request_timeout:
             log.info("Closing a connection from %s: the client stopped reading",
                      self.remote_addr.decode("latin-1"))
             self.close()
+        elif phase != OPEN:
+            return
+        elif self.parsing is not None and self.reading and self.parsing is self.current:
+            if now - max(self.last_active, self.read_since) > cfg.body_timeout:
+                self._refuse(RequestTimeout("The request body stalled"))
         elif self.current is None and not self.out:
             if self.head_started:
-                if now - self.head_started > request_timeout:
+                if now - self.head_started > cfg.header_timeout:
                     self._refuse(RequestTimeout("The request head took too long"))
-            elif now - self.last_active > keepalive:
+            elif now - self.last_active > cfg.keepalive:
                 self.close()
 
 
@@ -471,7 +599,12 @@ class Listener:
         self.watcher = server.loop.io(sock.fileno(), _READ)
 
     def start(self) -> None:
+        """Accept connections (again, after ``pause``)."""
         self.watcher.start(self._on_acceptable)
+
+    def pause(self) -> None:
+        """Accept nothing for now: new connections wait in the kernel's backlog."""
+        self.watcher.stop()
 
     def stop(self) -> None:
         self.watcher.stop()
@@ -480,13 +613,16 @@ class Listener:
     def _on_acceptable(self) -> None:
         server = self.server
         for _ in range(_ACCEPT_BATCH):
+            if len(server.connections) >= server.max_connections:
+                server.pause_accepting("max_connections")
+                return
             try:
                 sock, remote = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("Cannot accept a connection: %s", exc)
+                    server.pause_accepting(str(exc))  # until a connection closes
                     return
                 if exc.errno == errno.EBADF:
                     return
@@ -510,11 +646,20 @@ class FrontServer:
         if sockets is None:
             sockets = [listen(host, port, cfg.backlog) for host, port in bind_addresses(cfg)]
         self.listeners = [Listener(self, sock) for sock in sockets]
+        self.max_connections: int = cfg.max_connections
+        self.accept_paused = False
+        _raise_file_limit(self.max_connections)
         self.dispatcher = Dispatcher(cfg, self.loop)
-        tick = min(1.0, cfg.keepalive / 2, cfg.request_timeout / 4)
+        tick = min(1.0, cfg.keepalive / 2, cfg.request_timeout / 4, cfg.header_timeout / 4,
+                   cfg.body_timeout / 4, LINGER_SECONDS / 2)
         self._timer = self.loop.timer(tick, tick)
         self.stopped = gevent.event.Event()
         self.draining = False
+        self._checker: Any = None
+        if os.environ.get("WSGI_ZMQ_CHECK"):
+            # a debugging front: every invariant, after every loop iteration
+            self._checker = self.loop.check()
+            self._checker.start(self.check)
         self.log = log  # for hooks written for gunicorn: server.log.info(...)
         self.pid = os.getpid()
         access = AccessLog(cfg, "front")
@@ -575,12 +720,45 @@ class FrontServer:
                  os.getpid())
         log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
 
+    def check(self) -> None:
+        """Assert the invariants of the dispatcher and of every connection."""
+        self.dispatcher.check()
+        for conn in list(self.connections):
+            conn.check()
+        assert len(self.connections) <= self.max_connections
+
+    def pause_accepting(self, why: str) -> None:
+        if self.accept_paused or self.draining:
+            return
+        self.accept_paused = True
+        for listener in self.listeners:
+            listener.pause()
+        log.warning("Not accepting new connections for now (%s); %d open", why,
+                    len(self.connections))
+
+    def resume_accepting(self) -> None:
+        if not self.accept_paused or self.draining:
+            return
+        self.accept_paused = False
+        for listener in self.listeners:
+            listener.start()
+        log.info("Accepting connections again; %d open", len(self.connections))
+
+    def lingering(self, conn: Connection) -> None:
+        """``conn`` wrote its last answer and lingers (a hook for counting)."""
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.accept_paused and len(self.connections) < self.max_connections:
+            self.resume_accepting()
+
     def _on_tick(self) -> None:
         now = self.loop.now()
-        keepalive = self.cfg.keepalive
-        timeout = self.cfg.request_timeout
+        cfg = self.cfg
         for conn in list(self.connections):
-            conn.check_timeouts(now, keepalive, timeout)
+            conn.check_timeouts(now, cfg)
+        if self.accept_paused and len(self.connections) < self.max_connections:
+            self.resume_accepting()  # paused by EMFILE: the descriptors may be back
         if self.draining and not any(c.current for c in self.connections):
             self.stopped.set()
 
@@ -596,7 +774,7 @@ class FrontServer:
             if conn.current is None:
                 conn.close()
             else:
-                conn.closing = True
+                conn.end_after_current()
         if not self.connections:
             self.stopped.set()
 
@@ -605,6 +783,8 @@ class FrontServer:
 
     def close(self) -> None:
         self._timer.stop()
+        if self._checker is not None:
+            self._checker.stop()
         for conn in list(self.connections):
             conn.close()
         for listener in self.listeners:
@@ -612,6 +792,23 @@ class FrontServer:
                 listener.stop()
         self.dispatcher.flush()
         self.dispatcher.close()
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Raise the soft open-file limit to fit ``connections`` clients, where the hard limit
+    allows; say so when it does not."""
+    need = connections + 128  # listeners, zmq sockets and their pipes, log files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < need:
+            log.warning("max_connections %d needs %d open files; the limit is %d",
+                        connections, need, soft)
 
 
 def serve(cfg: Any, listeners: list[socket.socket] | None = None,

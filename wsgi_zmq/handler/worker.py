@@ -42,8 +42,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from wsgi_zmq import __version__, protocol
 from wsgi_zmq import log as wlog
-from wsgi_zmq import protocol
 from wsgi_zmq.config import is_default_hook
 from wsgi_zmq.errors import ClientDisconnected, ProtocolError
 from wsgi_zmq.handler.environ import build_environ
@@ -58,6 +58,7 @@ from wsgi_zmq.protocol import (
     HEARTBEAT,
     REQ_BODY_COMPLETE,
     REQ_EXPECT,
+    REQ_REPLAYABLE,
     REQUEST,
 )
 
@@ -113,6 +114,12 @@ class Request:
         self.cancelled = False
         self.finished = False
         self.event: Any = None  # the gevent worker's wake-up for the greenlet serving it
+
+    def can_hand_back(self) -> bool:
+        """Could the front send this request elsewhere? Yes while the app has not started
+        it and all the front sent is the REQUEST record: its whole body was inside, or the
+        front waits for our CREDIT (REQ_EXPECT) before it sends the rest."""
+        return not self.granted and bool(self.payload[0] & (REQ_BODY_COMPLETE | REQ_EXPECT))
 
     def wake(self) -> None:
         """Something arrived for this request (body, credit, cancel)."""
@@ -294,6 +301,7 @@ class SyncWorker:
             "wsgi.file_wrapper": FileWrapper,
             "wsgi.input_terminated": True,
             "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": f"wsgi_zmq/{__version__}",
         }
         self.context = self.zmq_module.Context()
         interval = max(1, int(self.cfg.heartbeat * 1000))
@@ -375,7 +383,7 @@ class SyncWorker:
                     front.outbox.append(protocol.encode_signal(protocol.BYE))
             for req in self.queue:
                 if not req.finished and req.generation == req.front.generation and \
-                        req.payload[0] & REQ_BODY_COMPLETE:
+                        req.can_hand_back():
                     req._post(protocol.encode_signal(protocol.REJECT, req.rid))
                     req._final()
             self.flush_all()
@@ -391,8 +399,8 @@ class SyncWorker:
 
     def return_queued(self) -> None:
         """If the running request has run ``STEAL_SECONDS``, take in what the fronts sent
-        meanwhile and REJECT the queued requests whose body came whole (the front
-        dispatches them elsewhere); keep the others."""
+        meanwhile and REJECT the queued requests that can go elsewhere (the front dispatches
+        them to a free worker); keep the others."""
         if time.monotonic() - self.running_since < STEAL_SECONDS:
             return
         for front in self.fronts:
@@ -407,7 +415,7 @@ class SyncWorker:
                 continue
             if req.cancelled:
                 req.end(END_ABORT, b"")
-            elif req.payload[0] & REQ_BODY_COMPLETE:
+            elif req.can_hand_back():
                 req._post(protocol.encode_signal(protocol.REJECT, req.rid))
                 req._final()
                 handed += 1
@@ -462,7 +470,7 @@ class SyncWorker:
         for req in self.queue:
             if req.generation != req.front.generation or req.finished:
                 continue
-            if req.payload[0] & REQ_BODY_COMPLETE:
+            if req.can_hand_back():
                 req._post(protocol.encode_signal(protocol.REJECT, req.rid))
                 req._final()
             else:
@@ -578,6 +586,9 @@ class SyncWorker:
                 continue
             if kind == HEARTBEAT:
                 front.queued = protocol.decode_heartbeat(payload)
+                if rid:  # a probe: the front ejected us and asks whether we serve again
+                    front.outbox.append(protocol.encode_probe(rid))
+                    self.flush(front)
                 continue
             if kind == protocol.BYE:
                 front.released = True
@@ -652,6 +663,11 @@ class SyncWorker:
             if req.cancelled:
                 req.end(END_ABORT, b"")
             else:
+                if not req.payload[0] & REQ_REPLAYABLE:
+                    # the front may send a request elsewhere after our death only if it
+                    # can tell that we never started it: nothing that must not run twice
+                    # starts while replies to the requests before it wait in an outbox
+                    self.flush_all()
                 self.handle(req)
             count += 1
             if count >= self.batch or time.monotonic() - started > _BATCH_SECONDS:
