@@ -29,7 +29,12 @@ def echo(environ, start_response):
 
 
 def upload(environ, start_response):
-    """Read the body in 64 KB pieces as it arrives; answer its length and sha256."""
+    """Read the body in 64 KB pieces as it arrives; answer its length and sha256. With
+    ?mark=PATH, append the pid to PATH before reading (tells a test the app runs)."""
+    mark = environ["QUERY_STRING"].partition("mark=")[2]
+    if mark:
+        with open(mark, "a") as f:
+            f.write(f"{os.getpid()}\n")
     stream = environ["wsgi.input"]
     digest = hashlib.sha256()
     total = 0

@@ -25,24 +25,10 @@ from support import (
     poll_until,
     python_env,
     read_responses,
+    send_async,
     term_during_request,
 )
 from wsgi_zmq import protocol
-
-
-def send_async(port: int, data: bytes, results: list, timeout: float = 20.0) -> threading.Thread:
-    """Send a request on its own connection in a thread; append (status, body) or None."""
-
-    def run() -> None:
-        try:
-            responses, closed = exchange(port, data, timeout=timeout)
-            results.append((responses[0].status, responses[0].body) if responses else None)
-        except OSError:
-            results.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_worker_death_replays_an_idempotent_request(stack, tmp_path):

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -273,6 +274,21 @@ def exchange(port: int, data: bytes, count: int = 1, timeout: float = 10.0,
     with connect(port, timeout) as sock:
         sock.sendall(data)
         return read_responses(sock, count, timeout, head)
+
+
+def send_async(port: int, data: bytes, results: list, timeout: float = 20.0) -> threading.Thread:
+    """Send a request on its own connection in a thread; append (status, body) or None."""
+
+    def run() -> None:
+        try:
+            responses, closed = exchange(port, data, timeout=timeout)
+            results.append((responses[0].status, responses[0].body) if responses else None)
+        except OSError:
+            results.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def wait_closed(sock: socket.socket, timeout: float = 10.0) -> bool:

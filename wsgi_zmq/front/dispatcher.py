@@ -95,7 +95,11 @@ MAX_LOSSES: Final = 4
 #: everything at once.
 MAX_HANDBACKS: Final = 16
 
-_RECV_BATCH = 256  # frames drained per callback before yielding to other watchers
+#: Frames drained per turn of the loop; the rest wait for the next turn, after the loop has
+#: polled the client sockets. (A loop callback would not do: gevent runs up to 50 callbacks
+#: before it looks at the clock, so a flood of frames from one peer held every client
+#: back for 50 ms at a time.)
+_RECV_BATCH = 128
 
 #: A busy worker that has finished no request for this long is stalled: it gets nothing new
 #: until it finishes one. A sync worker runs its requests in order, so a request sent to a
@@ -339,6 +343,7 @@ class Dispatcher:
         self._send = self.sock.send
         self._watcher = self.loop.io(self.sock.getsockopt(zmq.FD), 1)
         self._watcher.start(self._on_readable)
+        self._more = self.loop.timer(0.0)
         self._monitor_watcher = self.loop.io(self.monitor.getsockopt(zmq.FD), 1)
         self._monitor_watcher.start(self._on_monitor)
         tick = min(1.0, self.request_timeout / 4, self.queue_timeout / 4, cfg.heartbeat)
@@ -421,6 +426,7 @@ class Dispatcher:
             peer.slots.clear()
             self._forget(peer)
         self._watcher.stop()
+        self._more.stop()
         self._monitor_watcher.stop()
         self._timer.stop()
         self.monitor.close(linger=0)
@@ -649,7 +655,8 @@ class Dispatcher:
                                        ident)
                 continue
             self._handle(ident, data)
-        self.loop.run_callback(self._on_readable)  # more may wait; let others run first
+        if not self._more.active:  # more may wait: take them on the next turn of the loop
+            self._more.start(self._on_readable)
 
     def _handle(self, ident: bytes, data: bytes) -> None:
         try:

@@ -1,0 +1,191 @@
+"""Hostile or broken backend peers against a real front: garbage, silence, errors.
+
+A "peer" here is a raw ZeroMQ DEALER written in the test, connected to the front's backend
+endpoint beside a real handler pool. Whatever it does, HTTP service goes on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import zmq
+
+from support import connect, exchange, get, poll_until, python_env, read_responses
+from wsgi_zmq import protocol
+
+FLOOD = """
+import os, sys, zmq
+from wsgi_zmq import protocol
+ctx = zmq.Context()
+sock = ctx.socket(zmq.DEALER)
+sock.setsockopt(zmq.LINGER, 2000)
+sock.setsockopt(zmq.SNDHWM, 0)
+sock.connect(sys.argv[1])
+kinds = [b"", b"\\x02garbage", b"\\x01\\x63" + b"\\0" * 12, b"\\x01\\x03\\x00",
+         protocol.frame([protocol.encode_response(5, protocol.RESP_END, b"x")]) + b"\\x05"]
+for i in range(int(sys.argv[2])):
+    if i % 1000 == 999:
+        sock.send_multipart([b"three", b"part", b"message"])
+    else:
+        sock.send(kinds[i % len(kinds)] + os.urandom(i % 7))
+sock.close()
+ctx.term()
+"""
+
+
+def _p99(port: int, count: int) -> tuple[float, int]:
+    """(p99 seconds, failures) of ``count`` GETs on one keep-alive connection."""
+    times = []
+    failed = 0
+    with connect(port) as sock:
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(get("/"))
+            [response], _ = read_responses(sock, 1)
+            times.append(time.perf_counter() - started)
+            failed += response.status != 200
+    times.sort()
+    return times[int(len(times) * 0.99) - 1], failed
+
+
+def test_a_flood_of_garbage_frames_leaves_http_serving(stack):
+    """1. a front and one worker 2. the unloaded p99 of 300 GETs 3. another process sends
+    100,000 undecodable frames (wrong version, unknown kinds, truncated records, three-part
+    messages) to the backend while the client sends GETs 4. no GET fails and their p99 stays
+    within 2x the unloaded one (plus 5 ms for the noise of a shared machine) 5. the front
+    logged at most a handful of lines about them."""
+    front, _, port = stack.serve()
+    endpoint = front.wait_for_log(r"Backend at: (\S+)").group(1)
+    _p99(port, 100)
+    unloaded, _ = _p99(port, 300)
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, endpoint, "100000"],
+                             stdout=subprocess.DEVNULL, env=python_env())
+    try:
+        loaded = []
+        failed = 0
+        while flood.poll() is None and len(loaded) < 50:
+            p99, bad = _p99(port, 100)
+            loaded.append(p99)
+            failed += bad
+        assert flood.wait(60) == 0
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait()
+    assert failed == 0
+    worst = max(loaded)
+    print(f"garbage flood: p99 unloaded {unloaded * 1e3:.2f} ms, worst loaded "
+          f"{worst * 1e3:.2f} ms over {len(loaded)} rounds of 100")
+    assert sorted(loaded)[len(loaded) // 2] <= 2 * unloaded + 0.005
+    # the front drained the flood and serves on; its log did not grow with it
+    poll_until(lambda: _p99(port, 20)[1] == 0, 10)
+    dropped = [line for line in front.log().splitlines() if "Dropped" in line]
+    assert 1 <= len(dropped) <= 10, f"{len(dropped)} log lines for 100,000 bad frames"
+
+
+class Peer:
+    """A raw worker: a DEALER that announces READY and does what the test says."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, capacity: int) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sock.send(protocol.frame([protocol.encode_ready(capacity, 8, 4242, "rogue")]))
+
+    def records(self, timeout: float) -> list[protocol.Record]:
+        if not self.sock.poll(int(timeout * 1000)):
+            return []
+        return protocol.split_frame(self.sock.recv())
+
+
+def _load(port: int, count: int, path: str = "/slow?seconds=0.02", clients: int = 6
+          ) -> list[int]:
+    """Send ``count`` GETs from ``clients`` threads at once; return the statuses."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            try:
+                [response], _ = exchange(port, get(path), timeout=20)
+                status = response.status
+            except (OSError, AssertionError, ValueError):
+                status = 0
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=run, args=(count // clients,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return statuses
+
+
+def test_a_peer_that_never_answers_is_ejected_then_probed(stack):
+    """1. a front with --request-timeout 0.5 --eject-after 3 --heartbeat 0.1, one real
+    worker 2. a raw peer announces capacity 4 and never answers 3. under a concurrent load
+    at most 3 requests fail (504) before the front ejects the peer (logged), and every
+    later request is served by the real worker 4. once the ejection time is over the peer
+    receives a probe; it echoes it and the front logs its return."""
+    front, _, port = stack.serve(front_args=("--request-timeout", "0.5", "--eject-after", "3",
+                                             "--heartbeat", "0.1"))
+    endpoint = front.wait_for_log(r"Backend at: (\S+)").group(1)
+    ctx = zmq.Context()
+    try:
+        rogue = Peer(ctx, endpoint, 4)
+        front.wait_for_log(r"Worker 4242@rogue connected")
+        statuses = _load(port, 120)
+        assert statuses.count(504) <= 3, statuses
+        assert set(statuses) <= {200, 504}, statuses
+        front.wait_for_log(r"Worker 4242@rogue ejected: its last 3 requests failed")
+        assert _load(port, 30) == [200] * 30
+        deadline = time.monotonic() + 20
+        probe = None
+        while probe is None and time.monotonic() < deadline:
+            for record in rogue.records(1.0):
+                if record.kind == protocol.HEARTBEAT and record.rid:
+                    probe = record.rid
+        assert probe is not None, "no probe reached the ejected peer"
+        rogue.sock.send(protocol.frame([protocol.encode_probe(probe)]))
+        front.wait_for_log(r"Worker 4242@rogue answered its probe: back in dispatch")
+    finally:
+        ctx.destroy(linger=0)
+    assert _load(port, 12) == [200] * 12
+
+
+def test_a_peer_that_answers_only_errors_is_ejected(stack):
+    """1. a front with --eject-after 3, one real worker 2. a raw peer answers every request
+    with ERROR 500 3. at most 3 requests get its 500 before it is ejected (logged) 4. every
+    later request is served by the real worker with 200."""
+    front, _, port = stack.serve(front_args=("--eject-after", "3"))
+    endpoint = front.wait_for_log(r"Backend at: (\S+)").group(1)
+    ctx = zmq.Context()
+    stop = threading.Event()
+    thread = None
+    try:
+        rogue = Peer(ctx, endpoint, 8)
+        front.wait_for_log(r"Worker 4242@rogue connected")
+
+        def answer_errors() -> None:
+            while not stop.is_set():
+                for record in rogue.records(0.1):
+                    if record.kind == protocol.REQUEST:
+                        rogue.sock.send(protocol.frame(
+                            [protocol.encode_error(record.rid, 500, "always broken")]))
+
+        thread = threading.Thread(target=answer_errors, daemon=True)
+        thread.start()
+        statuses = _load(port, 120)
+        assert statuses.count(500) <= 3, statuses
+        assert set(statuses) <= {200, 500}, statuses
+        front.wait_for_log(r"Worker 4242@rogue ejected: its last 3 requests failed \(it "
+                           r"answered 500\)")
+        assert _load(port, 30) == [200] * 30
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(5)  # before its socket closes under it
+        ctx.destroy(linger=0)
