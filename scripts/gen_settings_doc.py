@@ -102,7 +102,9 @@ def render() -> str:
             out.append("")
     out += ["## gunicorn settings not offered", "",
             "Every gunicorn setting that means the same here has gunicorn's name, flags and",
-            "default above. These do not, and why:", ""]
+            "default above, but one default: `limit_request_line` is 8190 (gunicorn: 4094),",
+            "because RFC 9112 section 3 asks a server to accept request lines of at least",
+            "8000 octets. These gunicorn settings are not offered, and why:", ""]
     out += [f"- `{names}`: {why}" for names, why in NOT_OFFERED]
     out.append("")
     out += ["## Exit codes", ""]

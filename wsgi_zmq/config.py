@@ -809,7 +809,8 @@ class LimitRequestLine(Setting):
     default = 8190
     desc = """The maximum size of the request line, in bytes; longer gets 414.
 
-    RFC 9112 section 3 recommends accepting at least 8000 octets.
+    The one default that differs from gunicorn's (4094): RFC 9112 section 3 recommends
+    accepting request lines of at least 8000 octets.
     """
 
 
