@@ -32,6 +32,7 @@ ratios and medians, not one absolute number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,9 +109,11 @@ def gunicorn_options() -> list[str]:
 
 def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
     """Start one server and wait until it is ready: every process booted, ``GET /`` is 200."""
-    if name == "wsgi_zmq":
+    if name == "wsgi_zmq" or name.startswith("wsgi_zmq@"):
         extra = ["--capacity", str(args.capacity)] if args.capacity else []
-        server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS)
+        source = args.baseline_dir if name.startswith("wsgi_zmq@") else None
+        server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS,
+                                     source=source, name=name)
         target = Target(name, server, url, server.roles)
     elif name.startswith("gunicorn"):
         worker_class = ["-k", "gevent"] if name == "gunicorn-gevent" else []
@@ -330,6 +334,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="wsgi_zmq handler workers (default 1)")
     parser.add_argument("--start-once", action="store_true",
                         help="start each server once for all rounds, not fresh for each run")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run wsgi_zmq as of git revision REV (from a temporary "
+                        "worktree), as server wsgi_zmq@REV: the cost of a change, one run")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
     for name in ("rounds", "duration", "connections", "threads", "zmq_workers"):
@@ -348,19 +355,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--servers uwsgi: no uwsgi binary is installed")
     if not shutil.which("wrk"):
         parser.error("wrk is not on PATH")
+    args.baseline_dir = None
+    if args.baseline:
+        args.names.insert(1 if "wsgi_zmq" in args.names else 0, f"wsgi_zmq@{args.baseline}")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    exit_on_signals()
-    args.gunicorn_options = gunicorn_options() if any(
-        n.startswith("gunicorn") for n in args.names) else []
-    mode = ("each server started once for all rounds" if args.start_once
-            else "each server started fresh for every run")
-    print(f"compare: {', '.join(args.names)}; {args.rounds} round(s); {mode}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    runs: list[dict[str, Any]] = []
+class Baseline:
+    """A temporary ``git worktree`` of one revision, removed on exit."""
+
+    def __init__(self, rev: str) -> None:
+        self.rev = rev
+        self.path = tempfile.mkdtemp(prefix="wsgi_zmq-baseline-")
+
+    def __enter__(self) -> str:
+        result = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", self.path,
+                                 self.rev], capture_output=True, text=True, timeout=120,
+                                check=False)
+        if result.returncode != 0:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise BenchError(f"git worktree add {self.rev}: {result.stderr.strip()}")
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", self.path],
+                       capture_output=True, timeout=120, check=False)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def run_rounds(args: argparse.Namespace, mode: str, runs: list[dict[str, Any]]) -> int:
+    """Every round of every server; appends to ``runs``; returns the exit status."""
     status = 0
     with Launcher() as launcher:
         started: dict[str, Target] = {}
@@ -392,6 +416,27 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: stopping the servers", file=sys.stderr)
             status = 130
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_on_signals()
+    args.gunicorn_options = gunicorn_options() if any(
+        n.startswith("gunicorn") for n in args.names) else []
+    mode = ("each server started once for all rounds" if args.start_once
+            else "each server started fresh for every run")
+    print(f"compare: {', '.join(args.names)}; {args.rounds} round(s); {mode}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    runs: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        if args.baseline:
+            try:
+                args.baseline_dir = stack.enter_context(Baseline(args.baseline))
+            except BenchError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+        status = run_rounds(args, mode, runs)
     summary = summarize(runs, args.names)
     print_report(summary, args, mode)
     if args.json:

@@ -225,8 +225,9 @@ class Launcher:
     def __init__(self) -> None:
         self.servers = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Server:
-        server = Server(name, argv, env=env)
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cwd: str = REPO) -> Server:
+        server = Server(name, argv, cwd=cwd, env=env)
         self.servers.append(server)
         return server
 
@@ -308,16 +309,22 @@ def free_port() -> int:
 
 def start_wsgi_zmq(launcher: Launcher, app: str, workers: int = 1,
                    extra: list[str] | None = None, timeout: float = 30.0,
-                   probe: str = "/") -> tuple[Server, str]:
+                   probe: str = "/", source: str | None = None,
+                   name: str = "wsgi_zmq") -> tuple[Server, str]:
     """Start ``python -m wsgi_zmq APP`` on a free loopback port and wait until it listens,
     every worker is connected to the front and the app answers ``GET probe`` with 200.
 
-    Returns the server, whose ``roles`` hold the PIDs of the ``master``, the ``front`` and
-    each ``worker`` (from the master's log lines), and the URL it listens at.
+    ``source`` is another checkout to run wsgi_zmq (and the app) from, first on the
+    import path; by default this one. Returns the server, whose ``roles`` hold the PIDs of
+    the ``master``, the ``front`` and each ``worker`` (from the master's log lines), and the
+    URL it listens at.
     """
     argv = [sys.executable, "-m", "wsgi_zmq", app, "--workers", str(workers),
             "--bind", "127.0.0.1:0", "--backend", "tcp://127.0.0.1:*", *(extra or [])]
-    server = launcher.start("wsgi_zmq", argv)
+    env = None
+    if source is not None:
+        env = dict(os.environ, PYTHONPATH=source)
+    server = launcher.start(name, argv, env=env, cwd=source or REPO)
     front = int(server.wait_for(BOOTING_FRONT, timeout)[0].group(1))
     url = server.wait_for(LISTENING, timeout)[0].group(1)
     pids = [int(m.group(1)) for m in server.wait_for(BOOTING_WORKER, timeout, workers)]
