@@ -18,8 +18,12 @@ What the client gets:
   chunked`` and HTTP/1.0 a close-delimited body. Each block the app yields is sent before
   the next is asked for (PEP 3333: no block is delayed), in chunks of ``chunk_size`` at
   most, under the front's credit.
-- HEAD, 1xx, 204 and 304 get no body. Hop-by-hop headers set by the app are dropped
-  (PEP 3333 forbids them) except ``Connection: close``, which is honoured.
+- HEAD, 1xx, 204 and 304 get no body. A HEAD answer is framed only by what the app said
+  (RFC 9110 section 9.3.2): its own ``Content-Length``, or the length of the list or tuple
+  it returned if that is not empty; never ``Transfer-Encoding``, and no ``Content-Length``
+  made up from the empty body a HEAD response has (werkzeug returns ``()`` for HEAD).
+  Hop-by-hop headers set by the app are dropped (PEP 3333 forbids them) except
+  ``Connection: close``, which is honoured.
 - An exception before the head is sent gives 500 and the worker serves on. After it, the
   response is aborted: the front cuts the connection so the client sees a truncated
   response, never a complete wrong one. The traceback is logged either way.
@@ -97,57 +101,97 @@ class FileWrapper:
 class BodyInput:
     """``wsgi.input`` for a body that streams in from the front under credit.
 
-    Holds at most one chunk beyond what the app asked for. Reads return ``b""`` at the end
-    of the body (``wsgi.input_terminated`` is true).
+    Holds at most one chunk beyond what the app asked for, except what a single read asks
+    for (``read()`` holds the whole body it returns). Reads return ``b""`` at the end of the
+    body (``wsgi.input_terminated`` is true). ``channel.read_body()`` returns the next piece,
+    ``b""`` at the end, and may raise ``ClientDisconnected``; it is not called again after
+    the end.
+
+    Every way of reading costs time linear in what it returns: between calls the buffer is
+    the unread tail of the last piece (``rest`` from ``start``), and a call that needs more
+    collects whole pieces and joins them once. ``readline`` searches each byte for b"\\n"
+    at most once.
     """
 
-    __slots__ = ("channel", "buffer", "eof")
+    __slots__ = ("channel", "rest", "start", "eof")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
-        self.buffer = b""
+        self.rest = b""
+        self.start = 0
         self.eof = False
 
-    def _fill(self) -> bool:
+    def _next_piece(self, parts: list[bytes]) -> bytes:
+        """The next piece from the channel, ``b""`` at the end of the body. If the channel
+        raises, ``parts`` (what the current call gathered) are buffered again: no byte of
+        the body is lost."""
         if self.eof:
-            return False
-        data = self.channel.read_body()
+            return b""
+        try:
+            data: bytes = self.channel.read_body()
+        except BaseException:
+            self.rest, self.start = b"".join(parts), 0
+            raise
         if not data:
             self.eof = True
-            return False
-        self.buffer += data
-        return True
+        return data
+
+    def _collect(self, parts: list[bytes], last: bytes, cut: int) -> bytes:
+        """Join ``parts`` and the first ``cut`` bytes of ``last``; keep the rest buffered."""
+        parts.append(last[:cut])
+        self.rest, self.start = (last, cut) if cut < len(last) else (b"", 0)
+        return b"".join(parts)
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            data, self.buffer = self.buffer, b""
-            return data
-        while len(self.buffer) < size and self._fill():
-            pass
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
+        """Up to ``size`` bytes (all that is left if ``size`` is None or negative); fewer
+        only at the end of the body."""
+        limit = -1 if size is None or size < 0 else size
+        rest, start = self.rest, self.start
+        if 0 <= limit <= len(rest) - start:
+            self.start = start + limit
+            return rest[start:start + limit]
+        parts = [rest[start:]] if start < len(rest) else []
+        have = len(rest) - start
+        self.rest, self.start = b"", 0
+        while limit < 0 or have < limit:
+            piece = self._next_piece(parts)
+            if not piece:
+                break
+            have += len(piece)
+            if 0 <= limit < have:
+                return self._collect(parts, piece, len(piece) - (have - limit))
+            parts.append(piece)
+        return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
+        """The next line, its b"\\n" included, or at most ``size`` bytes of it; b"" at the
+        end of the body."""
+        limit = -1 if size is None or size < 0 else size
+        rest, start = self.rest, self.start
+        end = len(rest) if limit < 0 else min(len(rest), start + limit)
+        newline = rest.find(b"\n", start, end)
+        if newline >= 0 or end - start == limit:
+            cut = newline + 1 if newline >= 0 else end
+            self.start = cut
+            return rest[start:cut]
+        parts = [rest[start:]] if start < len(rest) else []
+        have = len(rest) - start
+        self.rest, self.start = b"", 0
         while True:
-            newline = self.buffer.find(b"\n")
-            limit = size if size is not None and size >= 0 else -1
+            piece = self._next_piece(parts)
+            if not piece:
+                return b"".join(parts)
+            wanted = len(piece) if limit < 0 else min(len(piece), limit - have)
+            newline = piece.find(b"\n", 0, wanted)
             if newline >= 0:
-                end = newline + 1
-                if 0 <= limit < end:
-                    end = limit
-                break
-            if 0 <= limit <= len(self.buffer):
-                end = limit
-                break
-            if not self._fill():
-                end = len(self.buffer)
-                break
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        return data
+                return self._collect(parts, piece, newline + 1)
+            if wanted < len(piece) or have + wanted == limit:
+                return self._collect(parts, piece, wanted)
+            parts.append(piece)
+            have += len(piece)
 
-    def readlines(self, hint: int = -1) -> list[bytes]:
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """The remaining lines; with ``hint`` > 0, stop once they hold ``hint`` bytes."""
         lines: list[bytes] = []
         total = 0
         while True:
@@ -156,7 +200,7 @@ class BodyInput:
                 return lines
             lines.append(line)
             total += len(line)
-            if 0 < hint <= total:
+            if hint is not None and 0 < hint <= total:
                 return lines
 
     def __iter__(self) -> BodyInput:
@@ -260,7 +304,7 @@ class Responder:
             self.declared = 0
         elif declared is not None:
             self.declared = declared
-        elif known is not None:
+        elif known is not None and code != 204:
             self.declared = known
             lines.append(f"Content-Length: {known}\r\n")
         elif self.is_head:
@@ -351,8 +395,12 @@ class Responder:
         self.channel.end(flags, tail)
 
     def send_whole(self, body: bytes) -> None:
-        """Send a response whose body is all known: one record when it fits one chunk."""
-        head = self._head(len(body))
+        """Send a response whose body is all known: one record when it fits one chunk.
+
+        For HEAD an empty ``body`` announces no length: it is the body a HEAD response
+        has, not the one the GET would have.
+        """
+        head = self._head(len(body) if body or not self.is_head else None)
         self.head_sent = True
         body = b"" if self.no_body else self._clip(body)
         flags = self._flags()
