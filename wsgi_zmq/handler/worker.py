@@ -203,6 +203,7 @@ class Request:
             self.consumed += 1
             if self.consumed >= max(1, worker.cfg.window // 2):
                 self._grant()
+                worker.flush(self.front)  # at once: the front reads the client only on credit
             return self.body.popleft()
         finally:
             worker.quiet -= 1
@@ -403,8 +404,14 @@ class SyncWorker:
         them to a free worker); keep the others."""
         if time.monotonic() - self.running_since < STEAL_SECONDS:
             return
-        for front in self.fronts:
-            self._drain(front)
+        current = self.current
+        if current is None or not current.granted or current.body_done:
+            # a request that streams its body waits on the sockets (wait_within) whenever
+            # it runs out of body, and drains them then; draining them from the signal
+            # handler as well stalled such uploads (100 MB PUTs: 0.2 to 3 s, against a
+            # steady 0.3 s without)
+            for front in self.fronts:
+                self._drain(front)
         queue = self.queue
         if not queue:
             return
