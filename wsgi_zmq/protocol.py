@@ -173,8 +173,8 @@ class Ready(NamedTuple):
 # -- framing ------------------------------------------------------------------------------
 
 def frame(records: list[bytes]) -> bytes:
-    """Join encoded records into one frame, version first."""
-    return VERSION_BYTE + b"".join(records)
+    """Join encoded records into one frame, version first (one copy of each record)."""
+    return b"".join((VERSION_BYTE, *records))
 
 
 def split_frame(data: bytes) -> list[Record]:
@@ -246,6 +246,13 @@ def encode_response(rid: int, flags: int, head: bytes, body: bytes = b"") -> byt
 def encode_data(kind: int, rid: int, data: bytes) -> bytes:
     """Encode a record whose payload is raw bytes: BODY or CHUNK."""
     return _pack_record(kind, rid, len(data)) + data
+
+
+def data_head(kind: int, rid: int, size: int) -> bytes:
+    """The head of a BODY or CHUNK record of ``size`` bytes; the payload follows it in the
+    frame. A sender that joins records into a frame puts head and payload in one by one,
+    so a large payload is copied once, not twice (``encode_data`` + the join)."""
+    return _pack_record(kind, rid, size)
 
 
 def encode_end(rid: int, flags: int = 0, tail: bytes = b"") -> bytes:

@@ -148,6 +148,7 @@ _SNDMORE = zmq.SNDMORE
 _POLLIN = zmq.POLLIN
 _EVENTS = zmq.EVENTS
 _split_frame = protocol.split_frame
+_VERSION_BYTE = protocol.VERSION_BYTE
 _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
 
 
@@ -382,7 +383,8 @@ class Dispatcher:
         ex.body_credit -= 1
         ex.body_sent += 1
         ex.deadline = self.clock() + self.request_timeout
-        self._post(peer, protocol.encode_data(protocol.BODY, ex.rid, data))
+        self._post(peer, protocol.data_head(protocol.BODY, ex.rid, len(data)))
+        peer.outbox.append(data)
 
     def end_body(self, ex: Exchange) -> None:
         """Tell the worker the request body is complete."""
@@ -604,7 +606,7 @@ class Dispatcher:
                 continue
             try:
                 send(peer.ident, _SNDMORE | _NOBLOCK)
-                send(protocol.VERSION_BYTE + b"".join(records), _NOBLOCK)
+                send(b"".join((_VERSION_BYTE, *records)), _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._lost(peer, exc)
         events: int = self.sock.getsockopt(_EVENTS)  # type: ignore[assignment]

@@ -166,7 +166,8 @@ class Request:
             if self.cancelled:
                 return False
             self.credit -= 1
-            self._post(protocol.encode_data(CHUNK, self.rid, data))
+            if self._post(protocol.data_head(CHUNK, self.rid, len(data))):
+                self.front.outbox.append(data)
             worker.flush(self.front)
             return True
         finally:
