@@ -22,3 +22,15 @@ def test_app_factory_with_arguments(stack):
     _, _, port = stack.serve(app='apps.echo:make_app("Hi")')
     [response], _ = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert response.body == b"Hi from a factory\n"
+
+
+def test_environ_names_the_server_software(stack):
+    """1. GET /echo 2. the environ's SERVER_SOFTWARE is wsgi_zmq/VERSION, as gunicorn names
+    itself (apps read it: httpbin refuses chunked uploads from a server it does not know)."""
+    import json
+
+    from wsgi_zmq import __version__
+
+    _, _, port = stack.serve()
+    [response], _ = exchange(port, b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert json.loads(response.body)["SERVER_SOFTWARE"] == f"wsgi_zmq/{__version__}"
