@@ -334,3 +334,29 @@ def test_app_wrapped_in_wsgiref_validator(stack):
         [response], _ = read_responses(sock, 1, head=True)
     assert response.status == 200
     assert "[ERROR]" not in handler.log()
+
+
+def test_an_answer_before_the_body_skips_the_rest_and_serves_on(port):
+    """1. PUT /noread with Content-Length 5, and only the head at first 2. the app answers
+    200 without reading the body, and the answer does not say Connection: close 3. the body
+    and a GET then arrive on the same connection 4. the front skips the 5 bytes and answers
+    the GET (a client may reuse a connection whose answer did not announce a close)."""
+    with connect(port) as sock:
+        sock.sendall(b"PUT /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        [early], closed = read_responses(sock, 1)
+        assert early.status == 200 and early.header("Connection") is None and not closed
+        sock.sendall(b"hello" + get("/"))
+        [after], _ = read_responses(sock, 1)
+        assert after.body == b"Hello, world!\n"
+
+
+def test_an_answer_before_a_large_body_closes_the_connection(port):
+    """1. POST /noread announcing 900 KB, and 64 KB of it 2. the app answers 200 without
+    reading 3. more than 256 KB is still to come: the front closes after the answer, as
+    RFC 9112 section 9.3 allows."""
+    with connect(port) as sock:
+        sock.sendall(b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 900000\r\n\r\n"
+                     + b"x" * 65536)
+        [response], closed = read_responses(sock, 1)
+        assert response.status == 200
+        assert closed or wait_closed(sock)

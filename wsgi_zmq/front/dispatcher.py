@@ -90,16 +90,11 @@ MAX_ATTEMPTS: Final = 2
 #: left them (their loss cannot show it ran).
 MAX_LOSSES: Final = 4
 
-#: How many times workers may hand one request back unstarted (REJECT: a worker busy in a
-#: slow request, or leaving) before it is answered 503: bounds a worker that rejects
-#: everything at once.
-MAX_HANDBACKS: Final = 16
-
 #: Frames drained per turn of the loop; the rest wait for the next turn, after the loop has
 #: polled the client sockets. (A loop callback would not do: gevent runs up to 50 callbacks
 #: before it looks at the clock, so a flood of frames from one peer held every client
 #: back for 50 ms at a time.)
-_RECV_BATCH = 128
+_RECV_BATCH = 64
 
 #: A busy worker that has finished no request for this long is stalled: it gets nothing new
 #: until it finishes one. A sync worker runs its requests in order, so a request sent to a
@@ -201,8 +196,8 @@ class Exchange:
     """
 
     __slots__ = ("rid", "sink", "record", "state", "worker", "replayable", "body_complete",
-                 "attempts", "losses", "handbacks", "body_sent", "deadline", "body_credit",
-                 "queued_at")
+                 "attempts", "losses", "body_sent", "deadline", "wait_deadline",
+                 "body_credit", "queued_at")
 
     def __init__(self, rid: int, sink: Sink) -> None:
         self.rid = rid
@@ -214,9 +209,11 @@ class Exchange:
         self.body_complete = True
         self.attempts = 0  # workers that died while possibly running it
         self.losses = 0  # workers that died while holding it
-        self.handbacks = 0  # times a worker returned it unstarted
         self.body_sent = 0  # BODY records sent to the worker holding it
-        self.deadline = 0.0
+        self.deadline = 0.0  # QUEUED: its queue timeout; SENT: its request timeout
+        # until a worker starts it: a request workers keep handing back (REJECT) still
+        # waits for one, and gets 503 once queue_timeout has passed since it first did
+        self.wait_deadline = 0.0
         self.body_credit = 0
         self.queued_at = 0.0
 
@@ -362,6 +359,7 @@ class Dispatcher:
 
     def submit(self, ex: Exchange) -> None:
         """Send ``ex`` to a worker with free capacity, or queue it, or answer 503."""
+        ex.wait_deadline = self.clock() + self.queue_timeout
         if not self.queue:
             peer = self._pick()
             if peer is not None:
@@ -518,7 +516,7 @@ class Dispatcher:
     def _enqueue(self, ex: Exchange, first: bool = False) -> None:
         now = self.clock()
         ex.queued_at = now
-        ex.deadline = now + self.queue_timeout
+        ex.deadline = ex.wait_deadline
         self.queue[ex] = None
         if first:
             self.queue.move_to_end(ex, last=False)
@@ -743,12 +741,7 @@ class Dispatcher:
                 raise ProtocolError("REJECT of a started response")
             ex.worker = None
             self._release(peer, ex.rid, progressed=False)
-            ex.handbacks += 1
-            if ex.handbacks > MAX_HANDBACKS:
-                ex.move(DONE)
-                sink.on_failure(ex, ServiceUnavailable("Every worker handed the request back"))
-            else:
-                self._retry(ex)
+            self._retry(ex)  # its wait_deadline stands: the wait goes on
         else:
             raise ProtocolError(f"{protocol.KIND_NAMES[kind]} is not a worker's record")
 
@@ -866,15 +859,25 @@ class Dispatcher:
                 continue
             if peer.concurrent or ex is running:
                 ex.attempts += 1
-                again = ex.replayable and ex.attempts < MAX_ATTEMPTS
+                if not ex.replayable:
+                    refusal = "it may have been running, and is not idempotent"
+                elif ex.attempts >= MAX_ATTEMPTS:
+                    refusal = f"it may have been running on {ex.attempts} workers that died"
+                else:
+                    refusal = ""
+            elif ex.body_complete or not ex.body_sent:
+                refusal = ""
             else:
-                again = ex.body_complete or not ex.body_sent
-            if again and ex.losses < MAX_LOSSES:
-                log.info("Dispatching request %x again: %s", ex.rid, why)
-                self._retry(ex)
-            else:
+                refusal = "part of its body was sent to that worker"
+            if not refusal and ex.losses >= MAX_LOSSES:
+                refusal = f"it lost its worker {ex.losses} times"
+            if refusal:
                 ex.move(DONE)
-                ex.sink.on_failure(ex, BadGateway(f"The request failed: {why}"))
+                ex.sink.on_failure(ex, BadGateway(f"The request failed: {why}; {refusal}"))
+            else:
+                log.info("Dispatching request %x again: %s", ex.rid, why)
+                ex.wait_deadline = self.clock() + self.queue_timeout  # a new wait begins
+                self._retry(ex)
 
     def _retry(self, ex: Exchange) -> None:
         """Send a SENT exchange that no worker holds any more to the head of the queue."""

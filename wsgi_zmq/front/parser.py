@@ -189,6 +189,7 @@ class RequestParser:
         prefix = b"" if self._between else self._method or b""
         self._begun = 0
         self._completed = False
+        upgrade_at = -1
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -202,12 +203,17 @@ class RequestParser:
         except httptools.HttpParserInvalidURLError:
             raise BadRequest("Invalid request target") from None
         except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, exc.args[0])
-            return
+            upgrade_at = exc.args[0]
         except httptools.HttpParserError as exc:
             if self._finished:
                 return
             raise BadRequest(str(exc) or "Malformed request") from None
+        if upgrade_at >= 0:
+            # outside the except block: an error in the bytes after the upgrade must not
+            # carry the upgrade as its context (the callback error's __context__ is how
+            # the cause is found above)
+            self._after_upgrade(data, upgrade_at)
+            return
         if self._bad_method:
             self._refuse_method()
             return

@@ -85,7 +85,8 @@ _encode_request = protocol.encode_request
 class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
-    __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent")
+    __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent",
+                 "discarded")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -94,6 +95,7 @@ class HttpExchange(Exchange):
         self.request_done = False
         self.continue_wanted = head.expect_continue
         self.continue_sent = False
+        self.discarded = -1  # >= 0 while the rest of an answered request's body is skipped
 
 
 # -- connection phases ---------------------------------------------------------------------
@@ -114,6 +116,11 @@ PHASES: Final[tuple[frozenset[int], ...]] = (
     frozenset({CLOSED}),                      # LINGERING
     frozenset(),                              # CLOSED
 )
+
+#: A request answered before its body was all read (the app did not read it) keeps its
+#: connection alive if at most this much of the body is still to come, read and thrown
+#: away; with more, the connection closes after the answer, as RFC 9112 section 9.3 allows.
+DISCARD_LIMIT: Final = 256 << 10
 
 #: After its last answer a connection is shut for writing and what the client still sends
 #: is read and thrown away for up to this long. Closing at once with unread bytes would
@@ -195,7 +202,8 @@ class Connection:
         for ex in self.pipeline:
             assert ex.state == NEW, f"pipelined {ex!r} was submitted"
         if self.parsing is not None:
-            assert self.parsing is self.current or self.parsing is self.pipeline[-1]
+            assert self.parsing is self.current or self.parsing.discarded >= 0 \
+                or self.parsing is self.pipeline[-1]
         current = self.current
         if current is not None:
             assert current.state not in (NEW, DONE), f"current {current!r}"
@@ -225,6 +233,8 @@ class Connection:
         parsing = self.parsing
         if parsing is None:
             return not self.pipeline and not self.ending
+        if parsing.discarded >= 0:
+            return True
         return (parsing is self.current and parsing.worker is not None
                 and not parsing.pending and parsing.body_credit > 0)
 
@@ -298,6 +308,11 @@ class Connection:
         ex = self.parsing
         if ex is None:
             return
+        if ex.discarded >= 0:
+            ex.discarded += len(data)
+            if ex.discarded > DISCARD_LIMIT:
+                self._close_after(b"")
+            return
         if ex.worker is not None and not ex.pending and ex.body_credit > 0:
             self.server.dispatcher.send_body(ex, data)
         else:
@@ -309,6 +324,10 @@ class Connection:
             return
         self.parsing = None
         ex.request_done = True
+        if ex.discarded >= 0:  # the answered request's body is over: on to the next one
+            self.head_started = 0.0
+            self._update_reading()
+            return
         if ex.worker is not None and not ex.pending:
             self.server.dispatcher.end_body(ex)
 
@@ -409,7 +428,7 @@ class Connection:
         log.debug("Refused a request from %s: %d %s", self.remote_addr.decode("latin-1"),
                   error.status, error.detail)
         broken, self.parsing = self.parsing, None  # its body can no longer be read
-        if broken is not None:
+        if broken is not None and broken.discarded < 0:
             if broken is self.current:
                 if broken.started:
                     self.close()  # the response is on its way: it can only be cut
@@ -436,6 +455,18 @@ class Connection:
         assert isinstance(ex, HttpExchange)
         self.current = None
         self.last_active = self.server.loop.now()
+        if not ex.request_done and not (close or self.ending) and ex.head.keep_alive \
+                and not (ex.continue_wanted and not ex.continue_sent):
+            # answered before its body was read: skip the rest of the body, then serve
+            # what the client sends next, unless too much is still to come. (A client
+            # that waits for 100 Continue and got a final answer instead may never send
+            # its body, so that connection closes: RFC 9110 section 10.1.1.)
+            length = ex.head.content_length
+            if 0 <= length <= DISCARD_LIMIT:
+                ex.pending.clear()
+                ex.discarded = 0
+                self._update_reading()
+                return
         if close or self.ending or not ex.head.keep_alive or not ex.request_done:
             self._close_after(b"")
         elif self.pipeline:
@@ -571,9 +602,13 @@ class Connection:
             self.close()
         elif phase != OPEN:
             return
-        elif self.parsing is not None and self.reading and self.parsing is self.current:
+        elif self.parsing is not None and self.reading and (
+                self.parsing is self.current or self.parsing.discarded >= 0):
             if now - max(self.last_active, self.read_since) > cfg.body_timeout:
-                self._refuse(RequestTimeout("The request body stalled"))
+                if self.parsing.discarded >= 0:
+                    self._close_after(b"")  # its answer is out already
+                else:
+                    self._refuse(RequestTimeout("The request body stalled"))
         elif self.current is None and not self.out:
             if self.head_started:
                 if now - self.head_started > cfg.header_timeout:
