@@ -94,6 +94,9 @@ REQ_CHUNKED: Final = 0x10        # the body length is unknown (Transfer-Encoding
 REQ_REPLAYABLE: Final = 0x20     # idempotent with its whole body here: the front may send it
 #                                  again if its worker dies; a worker that serves in order
 #                                  flushes its replies before it starts one without this flag
+REQ_CLOSE_IF_UNREAD: Final = 0x40  # a response that starts before the app read the whole
+#                                  body must say Connection: close (the front cannot skip
+#                                  the rest of this body: chunked, large, or Expect)
 
 # READY flags
 READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (gevent), not in order

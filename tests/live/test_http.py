@@ -353,10 +353,24 @@ def test_an_answer_before_the_body_skips_the_rest_and_serves_on(port):
 def test_an_answer_before_a_large_body_closes_the_connection(port):
     """1. POST /noread announcing 900 KB, and 64 KB of it 2. the app answers 200 without
     reading 3. more than 256 KB is still to come: the front closes after the answer, as
-    RFC 9112 section 9.3 allows."""
+    RFC 9112 section 9.3 allows, and its answer says so."""
     with connect(port) as sock:
         sock.sendall(b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 900000\r\n\r\n"
                      + b"x" * 65536)
         [response], closed = read_responses(sock, 1)
         assert response.status == 200
+        assert response.header("Connection") == "close"  # the client is told
+        assert closed or wait_closed(sock)
+
+
+def test_an_answer_before_a_chunked_body_says_it_closes(port):
+    """1. a chunked POST /noread, its head and a first chunk 2. the app answers without
+    reading: how much body is left cannot be known, so the answer says Connection: close
+    3. the connection closes after it."""
+    with connect(port) as sock:
+        sock.sendall(b"POST /noread HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n4\r\nWiki\r\n")
+        [response], closed = read_responses(sock, 1)
+        assert response.status == 200
+        assert response.header("Connection") == "close"
         assert closed or wait_closed(sock)

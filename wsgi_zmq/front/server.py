@@ -66,6 +66,7 @@ from wsgi_zmq.protocol import (
     END_CLOSE,
     REQ_BODY_COMPLETE,
     REQ_CHUNKED,
+    REQ_CLOSE_IF_UNREAD,
     REQ_EXPECT,
     REQ_KEEP_ALIVE,
     REQ_REPLAYABLE,
@@ -127,6 +128,17 @@ DISCARD_LIMIT: Final = 256 << 10
 #: make the kernel send a reset, and the client could lose the answer (a 400 for a bad
 #: request sent byte by byte, say) before reading it.
 LINGER_SECONDS: Final = 2.0
+
+
+def _skippable(ex: HttpExchange) -> bool:
+    """Could the rest of this request's body be read and thrown away, should it be answered
+    before its body was read? Not a chunked one (no telling how much is left), nor one over
+    ``DISCARD_LIMIT``, nor one whose client waits for 100 Continue (having got a final
+    answer instead, it may never send its body: RFC 9110 section 10.1.1). For those the
+    worker says ``Connection: close`` in such an answer (``REQ_CLOSE_IF_UNREAD``)."""
+    head = ex.head
+    return (not head.chunked and not (ex.continue_wanted and not ex.continue_sent)
+            and 0 <= head.content_length <= DISCARD_LIMIT)
 
 
 class Connection:
@@ -354,6 +366,8 @@ class Connection:
                 body = ex.pending.popleft()
             if head.chunked:
                 flags |= REQ_CHUNKED
+            if not _skippable(ex):
+                flags |= REQ_CLOSE_IF_UNREAD
         listener = self.listener
         server = self.server
         scheme = listener.scheme
@@ -456,17 +470,13 @@ class Connection:
         self.current = None
         self.last_active = self.server.loop.now()
         if not ex.request_done and not (close or self.ending) and ex.head.keep_alive \
-                and not (ex.continue_wanted and not ex.continue_sent):
+                and _skippable(ex):
             # answered before its body was read: skip the rest of the body, then serve
-            # what the client sends next, unless too much is still to come. (A client
-            # that waits for 100 Continue and got a final answer instead may never send
-            # its body, so that connection closes: RFC 9110 section 10.1.1.)
-            length = ex.head.content_length
-            if 0 <= length <= DISCARD_LIMIT:
-                ex.pending.clear()
-                ex.discarded = 0
-                self._update_reading()
-                return
+            # what the client sends next
+            ex.pending.clear()
+            ex.discarded = 0
+            self._update_reading()
+            return
         if close or self.ending or not ex.head.keep_alive or not ex.request_done:
             self._close_after(b"")
         elif self.pipeline:

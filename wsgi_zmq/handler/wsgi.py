@@ -41,7 +41,15 @@ from typing import Any, Final
 
 from wsgi_zmq import protocol
 from wsgi_zmq.errors import AppImportError, ClientDisconnected
-from wsgi_zmq.protocol import END_ABORT, END_CLOSE, REQ_KEEP_ALIVE, REQ_RAW, RESP_CLOSE, RESP_END
+from wsgi_zmq.protocol import (
+    END_ABORT,
+    END_CLOSE,
+    REQ_CLOSE_IF_UNREAD,
+    REQ_KEEP_ALIVE,
+    REQ_RAW,
+    RESP_CLOSE,
+    RESP_END,
+)
 
 log = logging.getLogger("wsgi_zmq.error.worker")
 
@@ -218,7 +226,7 @@ class Responder:
 
     __slots__ = ("channel", "version", "keep_alive", "is_head", "raw", "chunk_size",
                  "status", "headers", "head_sent", "declared", "sent", "chunked", "close",
-                 "no_body")
+                 "no_body", "close_if_unread")
 
     def __init__(self, channel: Any, version: str, flags: int, is_head: bool,
                  chunk_size: int) -> None:
@@ -226,6 +234,7 @@ class Responder:
         self.version = "HTTP/1.0" if version == "HTTP/1.0" else "HTTP/1.1"
         self.keep_alive = bool(flags & REQ_KEEP_ALIVE)
         self.raw = bool(flags & REQ_RAW)
+        self.close_if_unread = bool(flags & REQ_CLOSE_IF_UNREAD)
         self.is_head = is_head
         self.chunk_size = chunk_size
         self.status: str | None = None
@@ -316,6 +325,10 @@ class Responder:
             self.close = True  # HTTP/1.0: the body ends with the connection
         if not self.raw:
             if app_close or not self.keep_alive:
+                self.close = True
+            elif self.close_if_unread and not getattr(self.channel, "body_done", True):
+                # answered before the app read the whole body, and the front cannot skip
+                # the rest: the client must know the connection ends with this response
                 self.close = True
             if self.close:
                 lines.append("Connection: close\r\n")
