@@ -239,6 +239,12 @@ def with_queue_time(record: bytes, queue_us: int) -> bytes:
     return record[:at] + U32.pack(min(queue_us, 0xFFFFFFFF)) + record[at + 4:]
 
 
+def with_rid(record: bytes, rid: int) -> bytes:
+    """An encoded record with another rid (the front gives a request it sends again a new
+    exchange id, so a late record of the old exchange cannot be mistaken for the new)."""
+    return record[:1] + RECORD_HEAD.pack(record[0], rid, 0)[1:9] + record[9:]
+
+
 def encode_response(rid: int, flags: int, head: bytes, body: bytes = b"") -> bytes:
     """Encode a RESPONSE record: ``head`` as the client will see it, then the body part."""
     length = RESPONSE_HEAD.size + len(head) + len(body)

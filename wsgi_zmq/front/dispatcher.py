@@ -322,6 +322,7 @@ class Dispatcher:
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._rid = random.getrandbits(63)
+        self.closed = False
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -415,6 +416,8 @@ class Dispatcher:
     def close(self) -> None:
         """Stop: every exchange still queued or held ends (its sink is told nothing: the
         front closes its connections first), and the sockets close."""
+        self.closed = True  # a flush still scheduled finds nothing to do
+        self._dirty = []
         for ex in list(self.queue):
             ex.move(DONE)
         self.queue.clear()
@@ -545,7 +548,8 @@ class Dispatcher:
             return
         if not peer.eligible:
             return
-        if self.queue and (peer.concurrent or now - peer.progress < STALL_SECONDS):
+        if self.queue and len(peer.slots) < peer.capacity and (
+                peer.concurrent or now - peer.progress < STALL_SECONDS):
             ex, _ = self.queue.popitem(last=False)
             ex.move(SENT)
             self._assign(ex, peer)  # takes the slot this release freed
@@ -591,7 +595,7 @@ class Dispatcher:
         """Send each worker's pending records as one frame (end of a loop iteration)."""
         self._flush_scheduled = False
         dirty = self._dirty
-        if not dirty:
+        if not dirty or self.closed:
             return
         self._dirty = []
         send = self._send
@@ -645,9 +649,7 @@ class Dispatcher:
                 if exc.errno == zmq.ENOTSOCK:
                     return  # closed during shutdown
                 raise
-            if not sock.rcvmore:
-                continue  # a ROUTER always gives [ident, data]; defensive
-            data = recv()
+            data = recv()  # a ROUTER always gives [routing id, data]
             if sock.rcvmore:
                 while sock.rcvmore:
                     recv()
@@ -692,7 +694,9 @@ class Dispatcher:
                 except ProtocolError as exc:
                     self.malformed.warning("Dropped a malformed %s from %r: %s",
                                            protocol.KIND_NAMES[kind], peer, exc)
-                    self._abandon(peer, rid)
+                    final = kind in _FINAL_KINDS or (kind == RESPONSE
+                                                     and bool(payload[0] & RESP_END))
+                    self._abandon(peer, rid, final)
             elif kind == BYE:
                 self._on_bye(peer)
             elif kind != HEARTBEAT:
@@ -750,17 +754,27 @@ class Dispatcher:
         if kind in _FINAL_KINDS or (kind == RESPONSE and payload[0] & RESP_END):
             self._release(peer, rid)
 
-    def _abandon(self, peer: Peer, rid: int) -> None:
-        """A worker broke the protocol on slot ``rid``: answer 502, tell it to stop."""
+    def _abandon(self, peer: Peer, rid: int, final: bool) -> None:
+        """A worker broke the protocol on slot ``rid``: answer 502. If the broken record was
+        a final one, the worker is done with the request and the slot is free; otherwise it
+        is told to CANCEL, and a ghost keeps the slot until its final record."""
         ex = peer.slots.get(rid)
         if ex is None or peer.gone:
             return
-        self._post(peer, protocol.encode_signal(protocol.CANCEL, rid))
+        if final:
+            if isinstance(ex, Exchange):
+                ex.worker = None
+                ex.move(DONE)
+            self._failed(peer, "broke the protocol")  # before the release: see ERROR
+            self._release(peer, rid)
+        else:
+            self._post(peer, protocol.encode_signal(protocol.CANCEL, rid))
+            if isinstance(ex, Exchange):
+                self._detach(ex, peer)
+                ex.move(DONE)
+            self._failed(peer, "broke the protocol")
         if isinstance(ex, Exchange):
-            self._detach(ex, peer)
-            ex.move(DONE)
             ex.sink.on_failure(ex, BadGateway("The worker sent a malformed reply"))
-        self._failed(peer, "broke the protocol")
 
     def _on_ready(self, ident: bytes, payload: bytes, peer: Peer | None) -> Peer | None:
         try:
@@ -880,9 +894,17 @@ class Dispatcher:
                 self._retry(ex)
 
     def _retry(self, ex: Exchange) -> None:
-        """Send a SENT exchange that no worker holds any more to the head of the queue."""
+        """Send a SENT exchange that no worker holds any more to the head of the queue,
+        under a new rid: the worker that gave it up may still hold a ghost of the old one.
+        The queue keeps its bound: if it is full, its newest request gets 503."""
         ex.move(QUEUED)
+        ex.rid = self.new_rid()
+        ex.record = protocol.with_rid(ex.record, ex.rid)
         self._enqueue(ex, first=True)
+        if len(self.queue) > self.queue_size:
+            newest, _ = self.queue.popitem(last=True)
+            newest.move(DONE)
+            newest.sink.on_failure(newest, ServiceUnavailable("No worker is free; try again"))
         self._drain_queue()
 
     def _failed(self, peer: Peer, what: str) -> None:
