@@ -54,6 +54,7 @@ import psutil
 from servers import (
     BOOTING_WORKER,
     LISTENING,
+    REPO,
     WORKER_CONNECTED,
     BenchError,
     Launcher,
@@ -63,7 +64,9 @@ from servers import (
     read_stat,
     wait_http,
 )
-from soak_app import HELLO, pattern
+
+sys.path.insert(0, REPO)  # the app module, as the servers import it: bench.soak_app
+from bench.soak_app import HELLO, pattern  # noqa: E402
 
 APP = "bench.soak_app:app"
 BACKEND = re.compile(r"Backend at: (\S+)")

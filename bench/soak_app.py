@@ -8,17 +8,17 @@
   ``CONTENT_LENGTH``, or to its end when the server sets ``wsgi.input_terminated``, as for a
   chunked body) and answers ``{"length": N, "sha256": "..."}``.
 
-Only the standard library: the client imports this module too, for ``pattern()``.
+Only the standard library and ``bench/stream_app.py``, whose handlers it shares: the client
+imports this module too, for ``pattern()``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from bench.stream_app import answer, download_of, upload
 
 HELLO = b"Hello, World!"
 PIECE = 65536
@@ -36,47 +36,7 @@ def pattern(size: int) -> Iterator[bytes]:
         yield piece
 
 
-def answer(start_response: Callable[..., Any], status: str, body: bytes,
-           content_type: str = "text/plain") -> list[bytes]:
-    start_response(status, [("Content-Type", content_type),
-                            ("Content-Length", str(len(body)))])
-    return [body]
-
-
-def download(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    try:
-        size = int(query["size"][0])
-        if size < 0:
-            raise ValueError(size)
-    except (KeyError, ValueError):
-        return answer(start_response, "400 Bad Request", b"size=N (bytes) is required\n")
-    start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                              ("Content-Length", str(size))])
-    return pattern(size)
-
-
-def upload(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    stream = environ["wsgi.input"]
-    declared = environ.get("CONTENT_LENGTH", "")
-    if declared:
-        left: int | None = int(declared)
-    elif environ.get("wsgi.input_terminated"):
-        left = None  # read to the end of the (chunked) body
-    else:
-        return answer(start_response, "411 Length Required", b"Content-Length required\n")
-    digest = hashlib.sha256()
-    length = 0
-    while left is None or left > 0:
-        data = stream.read(PIECE if left is None else min(PIECE, left))
-        if not data:
-            break
-        digest.update(data)
-        length += len(data)
-        if left is not None:
-            left -= len(data)
-    body = json.dumps({"length": length, "sha256": digest.hexdigest()}).encode() + b"\n"
-    return answer(start_response, "200 OK", body, "application/json")
+download = download_of(pattern)
 
 
 ROUTES = {"/": (("GET",), None), "/download": (("GET",), download),

@@ -36,17 +36,26 @@ def answer(start_response: Callable[..., Any], status: str, body: bytes,
     return [body]
 
 
-def download(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    try:
-        size = int(query["size"][0])
-        if size < 0:
-            raise ValueError(size)
-    except (KeyError, ValueError):
-        return answer(start_response, "400 Bad Request", b"size=N (bytes) is required\n")
-    start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                              ("Content-Length", str(size))])
-    return blocks(size)
+def download_of(body: Callable[[int], Iterator[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """A ``GET /download?size=N`` handler that answers ``body(N)`` with Content-Length."""
+
+    def download(environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            size = int(query["size"][0])
+            if size < 0:
+                raise ValueError(size)
+        except (KeyError, ValueError):
+            return answer(start_response, "400 Bad Request", b"size=N (bytes) is required\n")
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return body(size)
+
+    return download
+
+
+download = download_of(blocks)
 
 
 def upload(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
