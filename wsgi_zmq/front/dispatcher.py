@@ -447,7 +447,7 @@ class Dispatcher:
         for ex in self.queue:
             assert ex.state == QUEUED, f"{ex!r} in the queue"
             assert ex.worker is None, f"queued {ex!r} has a worker"
-        assert len(self.queue) <= self.queue_size or not self.queue_size
+        assert len(self.queue) <= self.queue_size, "the queue is over its bound"
         lines = {_IDLE: self.idle, _READY: self.ready}
         for line, members in lines.items():
             assert len(set(map(id, members))) == len(members), "a worker listed twice"
@@ -553,6 +553,8 @@ class Dispatcher:
             ex, _ = self.queue.popitem(last=False)
             ex.move(SENT)
             self._assign(ex, peer)  # takes the slot this release freed
+            if self.queue and peer.line != _UNLISTED:
+                self._drain_queue()  # it may have more room (it was stalled while they came)
             return
         if not peer.slots:
             if peer.line == _READY:
@@ -862,8 +864,10 @@ class Dispatcher:
         behind one whose final record never arrived cannot have started. A request that may
         have run goes again only if it is replayable and fewer than ``MAX_ATTEMPTS`` workers
         died running it; one that cannot have run goes again whatever its method, if all it
-        was sent is its REQUEST record. A started response can only be cut (502).
+        was sent is its REQUEST record. A started response can only be cut (502). The ones
+        sent again go to the head of the queue in the order the worker got them.
         """
+        again = []
         for ex in held:
             ex.worker = None
             ex.losses += 1
@@ -891,21 +895,24 @@ class Dispatcher:
             else:
                 log.info("Dispatching request %x again: %s", ex.rid, why)
                 ex.wait_deadline = self.clock() + self.queue_timeout  # a new wait begins
-                self._retry(ex)
+                again.append(ex)
+        self._retry(*again)
 
-    def _retry(self, ex: Exchange) -> None:
-        """Send a SENT exchange that no worker holds any more to the head of the queue,
-        under a new rid: the worker that gave it up may still hold a ghost of the old one.
-        The queue keeps its bound: if it is full, its newest request gets 503."""
-        ex.move(QUEUED)
-        ex.rid = self.new_rid()
-        ex.record = protocol.with_rid(ex.record, ex.rid)
-        self._enqueue(ex, first=True)
-        if len(self.queue) > self.queue_size:
+    def _retry(self, *exchanges: Exchange) -> None:
+        """Send SENT exchanges that no worker holds any more to the head of the queue, in
+        the order given, each under a new rid (the worker that gave it up may still hold a
+        ghost of the old one); then dispatch what can be. The queue keeps its bound: while
+        it is over it, its newest request gets 503."""
+        for ex in reversed(exchanges):
+            ex.move(QUEUED)
+            ex.rid = self.new_rid()
+            ex.record = protocol.with_rid(ex.record, ex.rid)
+            self._enqueue(ex, first=True)
+        self._drain_queue()
+        while len(self.queue) > self.queue_size:
             newest, _ = self.queue.popitem(last=True)
             newest.move(DONE)
             newest.sink.on_failure(newest, ServiceUnavailable("No worker is free; try again"))
-        self._drain_queue()
 
     def _failed(self, peer: Peer, what: str) -> None:
         """One more consecutive failure of ``peer``; eject it after ``eject_after``.
@@ -923,7 +930,10 @@ class Dispatcher:
         log.warning("Worker %s@%s ejected: its last %d requests failed (it %s); probing it "
                     "in %.1f s", peer.pid, peer.host, peer.failures, what,
                     beats * self.heartbeat)
-        order = list(peer.slots.values())
+        # the slot the worker may be running: the first, unless its exchange has just ended
+        # (the failure that ejects it is a final record, sent before the next one started)
+        order = [slot for slot in peer.slots.values()
+                 if not (isinstance(slot, Exchange) and slot.state == DONE)]
         waiting = [ex for ex in order if isinstance(ex, Exchange) and ex.state == SENT]
         for ex in waiting:
             self._post(peer, protocol.encode_signal(protocol.CANCEL, ex.rid))
