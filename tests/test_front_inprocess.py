@@ -32,3 +32,28 @@ def test_accepted_connections_have_tcp_nodelay():
     finally:
         client.close()
         server.close()
+
+
+def test_invariant_checks_pass_on_a_sound_front_and_catch_a_broken_one():
+    """1. a FrontServer in this process 2. ``check()`` (what ``WSGI_ZMQ_CHECK=1`` runs after
+    every loop iteration) passes 3. an exchange put in the queue without going through its
+    transitions makes it fail: the checks are not vacuous."""
+    import pytest
+
+    from wsgi_zmq.front.dispatcher import Exchange
+
+    cfg = Config("front")
+    cfg.set("bind", ["127.0.0.1:0"])
+    cfg.set("backend", ["tcp://127.0.0.1:*"])
+    server = FrontServer(cfg)
+    server.start()
+    try:
+        server.check()
+        stray = Exchange(server.dispatcher.new_rid(), None)  # type: ignore[arg-type]
+        server.dispatcher.queue[stray] = None  # NEW, never submitted
+        with pytest.raises(AssertionError, match="in the queue"):
+            server.check()
+        del server.dispatcher.queue[stray]
+        server.check()
+    finally:
+        server.close()

@@ -510,7 +510,6 @@ class Connection:
             self.close()
             return
         self.linger_until = self.server.loop.now() + LINGER_SECONDS
-        self.server.lingering(self)
         self._set_reading(True)
 
     # -- writing ----------------------------------------------------------------------------
@@ -788,9 +787,6 @@ class FrontServer:
         for listener in self.listeners:
             listener.start()
         log.info("Accepting connections again; %d open", len(self.connections))
-
-    def lingering(self, conn: Connection) -> None:
-        """``conn`` wrote its last answer and lingers (a hook for counting)."""
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
