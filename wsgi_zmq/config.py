@@ -41,8 +41,8 @@ DEFAULT_BIND: Final = "127.0.0.1:8000"
 DEFAULT_BACKEND: Final = "tcp://127.0.0.1:5556"
 
 #: Sections in the order ``--help`` and the docs show them.
-SECTIONS: Final = ("Config File", "Server Socket", "Backend", "Worker Processes", "Limits",
-                   "Flow Control", "Logging", "Process Naming", "Server Mechanics",
+SECTIONS: Final = ("Config File", "Server Socket", "SSL", "Backend", "Worker Processes",
+                   "Limits", "Flow Control", "Logging", "Process Naming", "Server Mechanics",
                    "Server Hooks")
 
 REGISTRY: dict[str, type[Setting]] = {}
@@ -129,10 +129,16 @@ def _list(value: Any) -> list[str]:
     raise ValueError("expected a string or a list of strings")
 
 
+def bind_scheme(address: str) -> str:
+    """``https`` for a bind written ``https://HOST:PORT``, else ``http``."""
+    return "https" if address.strip().lower().startswith("https://") else "http"
+
+
 def parse_bind(address: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6; a bare ``PORT`` means 127.0.0.1) into a
-    host and a port. Raises ValueError."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]*):(\d+)|(\d+)", address.strip())
+    host and a port; an ``http://`` or ``https://`` in front is allowed. Raises ValueError."""
+    address = re.sub(r"^https?://", "", address.strip(), flags=re.IGNORECASE)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]*):(\d+)|(\d+)", address)
     if not match:
         raise ValueError(f"{address!r} is not HOST:PORT")
     host = match.group(1) or match.group(3) or ("127.0.0.1" if match.group(5) else "")
@@ -190,6 +196,33 @@ def validate_optional_path(value: Any) -> str | None:
     if value is None or value == "":
         return None
     return validate_string(value)
+
+
+def validate_optional_file(value: Any) -> str | None:
+    """A path to a file that must exist and be readable; None or "" for none."""
+    if value is None or value == "":
+        return None
+    path = os.path.abspath(validate_string(value))
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path} is not readable")
+    return path
+
+
+def validate_optional_directory(value: Any) -> str | None:
+    return None if value is None or value == "" else validate_directory(value)
+
+
+def validate_cert_reqs(value: Any) -> int:
+    """gunicorn's ``cert_reqs``: 0 (none), 1 (optional) or 2 (required), or those names."""
+    names = {"none": 0, "optional": 1, "required": 2}
+    if isinstance(value, str) and value.strip().lower() in names:
+        return names[value.strip().lower()]
+    number = _int(value)
+    if number not in (0, 1, 2):
+        raise ValueError("expected 0 (none), 1 (optional) or 2 (required)")
+    return number
 
 
 def validate_directory(value: Any) -> str:
@@ -481,7 +514,24 @@ class Bind(Setting):
     desc = """The HTTP address to listen on, ``HOST:PORT`` or ``[IPV6]:PORT``; repeatable.
 
     Port 0 asks the system for a free port; the startup line ``Listening at:`` prints the
-    address really bound.
+    address really bound. ``https://HOST:PORT`` serves HTTPS there (with ``certfile`` and
+    ``keyfile``), beside plain HTTP on the other binds; with ``certfile`` set and no bind
+    written ``https://``, every bind is HTTPS, as in gunicorn.
+    """
+
+
+class ServerHeader(Setting):
+    name = "server_header"
+    section = "Server Socket"
+    roles = EVERY
+    cli = ("--server-header",)
+    meta = "STRING"
+    validator = staticmethod(validate_string)
+    default = "wsgi_zmq"
+    since = "0.2.0"
+    desc = """The ``Server`` header of every response; ``""`` sends none.
+
+    The default names no version. A ``Server`` header the app sets itself wins.
     """
 
 
@@ -494,6 +544,99 @@ class Backlog(Setting):
     validator = staticmethod(validate_pos_int)
     default = 2048
     desc = """The maximum number of pending connections (the ``listen()`` backlog).
+    """
+
+
+class Certfile(Setting):
+    name = "certfile"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--certfile",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_file)
+    since = "0.2.0"
+    desc = """The certificate (PEM, with its chain) of the HTTPS binds.
+    """
+
+
+class Keyfile(Setting):
+    name = "keyfile"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--keyfile",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_file)
+    since = "0.2.0"
+    desc = """The private key (PEM) of ``certfile``.
+    """
+
+
+class CaCerts(Setting):
+    name = "ca_certs"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--ca-certs",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_file)
+    since = "0.2.0"
+    desc = """The CA certificates (PEM) that client certificates are checked against.
+    """
+
+
+class CertReqs(Setting):
+    name = "cert_reqs"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--cert-reqs",)
+    meta = "INT"
+    validator = staticmethod(validate_cert_reqs)
+    default = 0
+    since = "0.2.0"
+    desc = """Whether a client certificate is asked for: 0 no, 1 optional, 2 required.
+
+    As gunicorn's (the ``ssl.CERT_*`` values). With 1 or 2 a certificate the client sends is
+    checked against ``ca_certs``, and its subject is in the environ (``SSL_CLIENT_S_DN``).
+    """
+
+
+class Ciphers(Setting):
+    name = "ciphers"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--ciphers",)
+    meta = "STRING"
+    validator = staticmethod(validate_optional_string)
+    since = "0.2.0"
+    desc = """The TLS 1.2 cipher list, in OpenSSL's format; by default Python's.
+    """
+
+
+class DoHandshakeOnConnect(Setting):
+    name = "do_handshake_on_connect"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--do-handshake-on-connect",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    since = "0.2.0"
+    desc = """Complete the TLS handshake as soon as a connection is accepted.
+
+    By default, as in gunicorn, the handshake completes with the first read. Either way it
+    never blocks the front: it runs on the event loop, bounded by ``header_timeout``.
+    """
+
+
+class SslMinVersion(Setting):
+    name = "ssl_min_version"
+    section = "SSL"
+    roles = FRONT
+    cli = ("--ssl-min-version",)
+    meta = "VERSION"
+    validator = staticmethod(validate_choice(("tlsv1.2", "tlsv1.3")))
+    default = "tlsv1.2"
+    since = "0.2.0"
+    desc = """The oldest TLS version the HTTPS binds accept: ``TLSv1.2`` or ``TLSv1.3``.
     """
 
 
@@ -510,6 +653,70 @@ class Backend(Setting):
 
     ``tcp://HOST:PORT``, ``tcp://HOST:*`` (a free port, printed in the startup line
     ``Backend at:``) or ``ipc://PATH``. Handlers on other hosts need a reachable address.
+    """
+
+
+class CurveSecretKey(Setting):
+    name = "curve_secret_key"
+    section = "Backend"
+    roles = EVERY
+    cli = ("--curve-secret-key",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_file)
+    since = "0.2.0"
+    desc = """This process's CurveZMQ key pair: the ``NAME.key_secret`` from ``keys generate``.
+
+    With it the backend link is authenticated and encrypted (CURVE). A front uses it as the
+    server key and admits only the workers whose public keys are in ``curve_allow``; a
+    handler pool uses it as its own key and needs the front's public key,
+    ``curve_server_key``. The file is read with ``zmq.auth.load_certificate``.
+    """
+
+
+class CurveServerKey(Setting):
+    name = "curve_server_key"
+    section = "Backend"
+    roles = HANDLER
+    cli = ("--curve-server-key",)
+    meta = "FILE"
+    validator = staticmethod(validate_optional_file)
+    since = "0.2.0"
+    desc = """The front's public key (its ``NAME.key`` file), for a handler pool using CURVE.
+
+    A worker connects only to a front that proves it holds the matching secret key.
+    """
+
+
+class CurveAllow(Setting):
+    name = "curve_allow"
+    section = "Backend"
+    roles = FRONT
+    cli = ("--curve-allow",)
+    meta = "DIRECTORY"
+    validator = staticmethod(validate_optional_directory)
+    since = "0.2.0"
+    desc = """A directory of the public keys (``NAME.key`` files) of the workers a front admits.
+
+    Read again on ``HUP``, without a restart: a worker whose key was removed is sent nothing
+    more and is told to disconnect; one with no key, a wrong key or an unlisted key receives
+    nothing and is logged as refused (a few lines a minute). Needs ``curve_secret_key``.
+    """
+
+
+class InsecureBackend(Setting):
+    name = "insecure_backend"
+    section = "Backend"
+    roles = FRONT
+    cli = ("--insecure-backend",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    since = "0.2.0"
+    desc = """Allow a plaintext ``tcp://`` backend on an address other than loopback.
+
+    Without CURVE anyone who reaches the backend endpoint can connect as a worker and
+    receive every request, so the front refuses to bind one (exit 2) unless CURVE is set up
+    or this flag says the network is trusted.
     """
 
 
@@ -943,6 +1150,22 @@ class AccessLogFormat(Setting):
     ``{name}o`` a response header, ``{name}e`` an environ variable. Ours: ``worker``, the
     worker that answered (``pid@host``, ``front`` for the front's own answers), and
     ``queue_ms``, the milliseconds the request waited in the front for a free worker.
+    """
+
+
+class AccessLogSecrets(Setting):
+    name = "access_log_secrets"
+    section = "Logging"
+    roles = EVERY
+    cli = ("--access-log-secrets",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    since = "0.2.0"
+    desc = """Show the values of credential headers in the access log.
+
+    By default the atoms ``{authorization}i``, ``{proxy-authorization}i``, ``{cookie}i`` and
+    ``{set-cookie}o`` print ``***`` (and ``u``, the user name of HTTP Basic, still works).
     """
 
 
