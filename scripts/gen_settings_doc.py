@@ -42,11 +42,13 @@ NOT_OFFERED = [
     ("spew", "a debugging aid for gunicorn's own code."),
     ("paste, raw_paste_global_conf", "PasteDeploy applications are not loaded; give "
                                      "`MODULE:CALLABLE`."),
-    ("keyfile, certfile, ssl_version, cert_reqs, ca_certs, suppress_ragged_eofs, "
-     "do_handshake_on_connect, ciphers, ssl_context",
-     "the front speaks plain HTTP; terminate TLS in a proxy in front of it and let "
-     "`forwarded_allow_ips` and `secure_scheme_headers` carry the scheme."),
-    ("http_protocols, http2_*", "the front speaks HTTP/1.1 (and 1.0) only."),
+    ("ssl_version", "deprecated in gunicorn; `ssl_min_version` sets the oldest TLS version."),
+    ("suppress_ragged_eofs, ssl_context", "a client's unclean TLS close is a closed "
+     "connection, as any other; the server context is built from the settings above."),
+    ("http_protocols, http2_*", "the front speaks HTTP/1.1 (and 1.0) only, over TCP or TLS "
+     "(ALPN offers `http/1.1` alone). HTTP/2 is out of scope for now: its multiplexed "
+     "streams would need a second framing layer and flow control per stream in the front, "
+     "whose whole design is one request at a time per connection with one credit window."),
     ("protocol, uwsgi_allow_ips", "the front speaks HTTP; the backend speaks the protocol "
                                   "of `docs/protocol.md`."),
     ("permit_obsolete_folding, strip_header_spaces, permit_unconventional_http_method, "

@@ -14,7 +14,8 @@ TERM      graceful stop: the front (all-in-one) finishes its requests first, the
 INT/QUIT  fast stop: children are told to exit now, killed if still there after 2 seconds
 HUP       reload: re-read the configuration, fork new workers (which import the app
           afresh unless ``preload_app``), and retire the old ones once every new one is
-          connected to its fronts; if the new ones cannot load the app, keep the old ones
+          connected to its fronts; if the new ones cannot load the app, keep the old ones.
+          All-in-one, the front reads ``curve_allow`` again
 TTIN      one more worker
 TTOU      one worker fewer (the oldest; it drains like on TERM)
 USR1      reopen the log files, here and in every child
@@ -425,6 +426,9 @@ class Arbiter:
             wlog.setup(cfg)
             if cfg.workers != self.num_workers:
                 self.set_num_workers(cfg.workers)
+        for child in list(self.children.values()):
+            if child.kind == "front":  # it reads curve_allow again
+                self.kill(child.pid, signal.SIGHUP)
         self.call_hook("on_reload", self)
         self.reloads += 1
         old = [c for c in self.workers() if not c.reload or c.reload < self.reloads]

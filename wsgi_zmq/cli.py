@@ -117,6 +117,7 @@ def load_config(role: str, argv: list[str] | None = None) -> Config:
         apply_file(cfg, read_config_file(path), path)
     apply_args(cfg, env_args)
     apply_args(cfg, args)
+    cfg.check()
     return cfg
 
 
@@ -177,9 +178,25 @@ def _check_app(cfg: Config) -> str:
     return str(uri)
 
 
+def _check_keys(cfg: Config) -> None:
+    """Read the CURVE key files once before anything starts: a bad one is one line and
+    exit 2 here, not a worker that fails to boot."""
+    if cfg.curve_secret_key is None:
+        return
+    from wsgi_zmq.handler.worker import curve_keys
+
+    try:
+        curve_keys(cfg)
+    except (OSError, ValueError) as exc:
+        _fail(f"Cannot read the CURVE keys: {exc}")
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 def main_front(argv: list[str] | None = None) -> NoReturn:
     """``python -m wsgi_zmq.front``"""
     cfg = _prepare("front", argv)
+    _check_keys(cfg)
     if cfg.check_config:
         sys.exit(EXIT_OK)
     from wsgi_zmq.front.server import serve
@@ -189,6 +206,7 @@ def main_front(argv: list[str] | None = None) -> NoReturn:
 def main_handler(argv: list[str] | None = None) -> NoReturn:
     """``python -m wsgi_zmq.handler APP``"""
     cfg = _prepare("handler", argv)
+    _check_keys(cfg)
     uri = _check_app(cfg)
     from wsgi_zmq.arbiter import Arbiter
     try:
@@ -202,6 +220,7 @@ def main_handler(argv: list[str] | None = None) -> NoReturn:
 def main_all(argv: list[str] | None = None) -> NoReturn:
     """``python -m wsgi_zmq APP``"""
     cfg = _prepare("all", argv)
+    _check_keys(cfg)
     uri = _check_app(cfg)
     from wsgi_zmq.arbiter import Arbiter
     try:

@@ -441,6 +441,52 @@ class Config:
         """(name, value) of every setting of this role, sorted by name, for --print-config."""
         return sorted(self.values.items())
 
+    def check(self) -> None:
+        """Check the rules that concern several settings at once; raise ``ConfigError``
+        with one line that names them and says what to do. Called once all sources are
+        applied, before anything starts."""
+        values = self.values
+        serves_http = "bind" in values
+        if serves_http:
+            secure = values["curve_secret_key"] is not None
+            if values["curve_allow"] is not None and not secure:
+                raise ConfigError("curve_allow needs curve_secret_key, the front's own key pair")
+            if secure and values["curve_allow"] is None and self.role == "front":
+                raise ConfigError("curve_secret_key needs curve_allow, the directory of the "
+                                  "public keys of the workers to admit")
+            if not secure and not values["insecure_backend"]:
+                for endpoint in values["backend"]:
+                    if not endpoint_is_private(endpoint):
+                        raise ConfigError(
+                            f"The backend {endpoint} is plaintext on an address others can "
+                            "reach: anyone there could take requests as a worker. Set "
+                            "curve_secret_key and curve_allow (python -m wsgi_zmq.keys), or "
+                            "pass --insecure-backend if that network is trusted")
+            https = [b for b in values["bind"] if bind_scheme(b) == "https"]
+            if https and not values["certfile"]:
+                raise ConfigError(f"The HTTPS bind {https[0]} needs certfile (and keyfile, "
+                                  "unless the key is in certfile)")
+            if values["cert_reqs"] and values["ca_certs"] is None:
+                raise ConfigError("cert_reqs 1 or 2 needs ca_certs, the CA certificates that "
+                                  "client certificates are checked against")
+        if self.role == "handler" and (values["curve_secret_key"] is None) != (
+                values["curve_server_key"] is None):
+            raise ConfigError("CURVE needs both curve_secret_key (this pool's key pair) and "
+                              "curve_server_key (the front's public key)")
+
+
+def endpoint_is_private(endpoint: str) -> bool:
+    """Can only this host reach ``endpoint``? ``ipc://`` and loopback ``tcp://`` can."""
+    if endpoint.startswith("ipc://"):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or * for every interface
+
 
 def bind_addresses(cfg: Config) -> list[tuple[str, int]]:
     """The front's ``bind`` setting as (host, port) pairs."""
@@ -567,7 +613,7 @@ class Keyfile(Setting):
     meta = "FILE"
     validator = staticmethod(validate_optional_file)
     since = "0.2.0"
-    desc = """The private key (PEM) of ``certfile``.
+    desc = """The private key (PEM) of ``certfile``; not needed if ``certfile`` holds it too.
     """
 
 

@@ -55,23 +55,39 @@ class HTTPError(Exception):
         super().__init__(detail or self.reason)
         self.detail = detail or self.reason
 
-    def render(self, version: str = "1.1") -> bytes:
-        """Return the whole answer: status line, headers and a short text body."""
+    def render(self, version: str = "1.1", server: str = "") -> bytes:
+        """Return the whole answer: status line, headers and a short text body; ``server``
+        is the ``server_header`` setting (``""``: no ``Server`` header)."""
         return render_error(self.status, self.reason, self.detail, self.close, self.headers,
-                            version)
+                            version, server)
+
+
+def server_line(server: str) -> str:
+    """``Server: SERVER\\r\\n`` for the ``server_header`` setting, ``""`` if it is empty.
+
+    The value cannot break the head: control characters (CR and LF among them) are dropped,
+    characters outside latin-1 become ``?``.
+    """
+    value = "".join(ch for ch in server if " " <= ch != "\x7f")
+    value = value.encode("latin-1", "replace").decode("latin-1").strip()
+    return f"Server: {value}\r\n" if value else ""
 
 
 def render_error(status: int, reason: str, detail: str, close: bool,
-                 headers: tuple[tuple[str, str], ...] = (), version: str = "1.1") -> bytes:
-    """Render a complete HTTP answer with a ``text/plain`` body of ``detail``."""
+                 headers: tuple[tuple[str, str], ...] = (), version: str = "1.1",
+                 server: str = "") -> bytes:
+    """Render a complete HTTP answer with a ``text/plain`` body of ``detail``; with a
+    ``Server`` header unless ``server`` (the ``server_header`` setting) is empty."""
     body = (detail + "\n").encode("utf-8", "replace")
-    lines = [f"HTTP/{version} {status} {reason}",
-             "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(body)}"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines = [f"HTTP/{version} {status} {reason}\r\n",
+             "Content-Type: text/plain; charset=utf-8\r\n",
+             f"Content-Length: {len(body)}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        lines.append("Connection: close\r\n")
+    if server:
+        lines.append(server_line(server))
+    return ("".join(lines) + "\r\n").encode("latin-1") + body
 
 
 class BadRequest(HTTPError):

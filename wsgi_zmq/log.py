@@ -8,7 +8,10 @@ gunicorn's::
 
 The access log is off unless ``accesslog`` is set (``-`` is stdout, as in gunicorn); its
 lines follow ``access_log_format`` in gunicorn's atoms (``AccessLog``). Only the atoms a
-format uses are computed.
+format uses are computed. Unless ``access_log_secrets`` is on, the atoms of credential
+headers (``{authorization}i``, ``{proxy-authorization}i``, ``{cookie}i``, ``{set-cookie}o``,
+and the ``{HTTP_...}e`` atoms of the same request headers) print ``***`` when the header is
+there; ``u``, the HTTP Basic user name, still works.
 
 ``setup(cfg)`` is called once per process (again in a forked child is harmless); it applies
 ``logconfig_dict`` last. ``reopen()`` reopens the log files after rotation: the ``USR1``
@@ -33,6 +36,14 @@ LINE_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 _ATOM = re.compile(r"%\(([^)]+)\)")
+
+#: what a credential header's atom prints unless ``access_log_secrets`` is on
+MASK = "***"
+#: the environ keys of the request headers that carry credentials
+SECRET_REQUEST_KEYS = frozenset({"HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION",
+                                 "HTTP_COOKIE"})
+#: the response headers that carry credentials (lower case)
+SECRET_RESPONSE_HEADERS = frozenset({"set-cookie"})
 
 
 def get_logger(part: str) -> logging.Logger:
@@ -163,13 +174,15 @@ class Atoms(dict[str, Any]):
     """The values of gunicorn's access log atoms for one request, computed on demand.
 
     ``environ`` gives the request side; ``status`` (``"200 OK"``), ``headers`` (the
-    response headers), ``sent`` (body bytes) and the timings the response side.
+    response headers), ``sent`` (body bytes) and the timings the response side. Unless
+    ``secrets`` is true, a credential header present prints ``MASK``.
     """
 
     def __init__(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
                  sent: int | None, started: float, duration: float, worker: str,
-                 queue_ms: float) -> None:
+                 queue_ms: float, secrets: bool = False) -> None:
         super().__init__()
+        self.secrets = secrets
         self.environ = environ
         self.status = status
         self.headers = headers
@@ -230,12 +243,18 @@ class Atoms(dict[str, Any]):
             if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 name = "HTTP_" + name
             value = env.get(name, "-")
+            if name in SECRET_REQUEST_KEYS and value != "-" and not self.secrets:
+                value = MASK
         elif key.startswith("{") and key.endswith("}o"):
             wanted = key[1:-2].lower()
             value = next((v for n, v in self.headers if n.lower() == wanted), "-")
+            if wanted in SECRET_RESPONSE_HEADERS and value != "-" and not self.secrets:
+                value = MASK
         elif key.startswith("{") and key.endswith("}e"):
             name = key[1:-2]
             value = env.get(name, env.get(name.upper(), "-"))
+            if name.upper() in SECRET_REQUEST_KEYS and value != "-" and not self.secrets:
+                value = MASK
         else:
             value = "-"
         self[key] = value
@@ -260,6 +279,7 @@ class AccessLog:
         self.enabled = bool(cfg.accesslog)
         self.format: str = cfg.access_log_format
         self.worker = worker
+        self.secrets = bool(getattr(cfg, "access_log_secrets", False))
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.keys = _ATOM.findall(self.format)
 
@@ -268,7 +288,7 @@ class AccessLog:
               ) -> None:
         """Format and write one line; a broken format is reported in the error log."""
         atoms = Atoms(environ, status, headers, sent, started, duration, self.worker,
-                      queue_ms)
+                      queue_ms, self.secrets)
         try:
             line = self.format % atoms
         except (TypeError, ValueError, KeyError) as exc:

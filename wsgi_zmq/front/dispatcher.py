@@ -51,15 +51,18 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import random
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import gevent
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from wsgi_zmq import protocol
 from wsgi_zmq.errors import BadGateway, GatewayTimeout, HTTPError, ProtocolError, ServiceUnavailable
+from wsgi_zmq.front.auth import Guard
 from wsgi_zmq.log import LogLimiter
 from wsgi_zmq.protocol import (
     BYE,
@@ -145,6 +148,14 @@ _EVENTS = zmq.EVENTS
 _split_frame = protocol.split_frame
 _VERSION_BYTE = protocol.VERSION_BYTE
 _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
+_HANDSHAKE_FAILED: Final = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILURES: Final[dict[int, str]] = {
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "its handshake broke the protocol (no CURVE, or it "
+                                         "does not know the front's public key)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key was refused",
+}
 
 
 class StateError(AssertionError):
@@ -333,11 +344,22 @@ class Dispatcher:
         self.sock.setsockopt(zmq.HEARTBEAT_IVL, interval)
         self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval)
         self.sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * interval)
+        # CURVE: the workers' keys as ZAP admitted them (User-Id), and the connections of
+        # keys taken out of curve_allow, whose messages are dropped from then on
+        self.guard: Guard | None = None
+        self.keys: dict[bytes, bytes] = {}
+        self.revoked: set[bytes] = set()
+        events = zmq.EVENT_DISCONNECTED
+        if cfg.curve_secret_key is not None:
+            self.guard = Guard(self.context, self.loop, cfg.curve_secret_key, cfg.curve_allow,
+                               admit_self=cfg.role == "all")
+            self.guard.secure(self.sock)
+            events |= _HANDSHAKE_FAILED
         self.endpoints: list[str] = []
         for endpoint in cfg.backend:
-            self.sock.bind(endpoint)
+            self._bind(endpoint, cfg.umask)
             self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = self.sock.get_monitor_socket(events)
         self._recv = self.sock.recv
         self._send = self.sock.send
         self._watcher = self.loop.io(self.sock.getsockopt(zmq.FD), 1)
@@ -349,8 +371,21 @@ class Dispatcher:
         self._timer = self.loop.timer(tick, tick)
         self._timer.start(self.tick)
         self._last_probe = self.clock()
-        # the FD may already be readable (edge passed before the watcher existed)
+        # the FDs may already be readable (edge passed before the watchers existed)
         self.loop.run_callback(self._on_readable)
+        self.loop.run_callback(self._on_monitor)
+
+    def _bind(self, endpoint: str, umask: int | None) -> None:
+        """Bind one endpoint; an ``ipc://`` socket file is created owner-only (0600), or
+        under the ``umask`` setting when one is given."""
+        if not endpoint.startswith("ipc://") or umask is not None:
+            self.sock.bind(endpoint)
+            return
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(endpoint)
+        finally:
+            os.umask(old)
 
     # -- API for sinks ------------------------------------------------------------------
 
@@ -432,6 +467,8 @@ class Dispatcher:
         self._more.stop()
         self._monitor_watcher.stop()
         self._timer.stop()
+        if self.guard is not None:
+            self.guard.close()
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
         self.context.term()
@@ -626,6 +663,13 @@ class Dispatcher:
         except zmq.ZMQError as exc:
             self._lost(peer, exc)
             return False
+        finally:
+            # a send may take the edge of the descriptor that announced incoming messages
+            # (as in flush): look, and take them on the next turn of the loop
+            if not self.closed and not self._more.active:
+                events: int = self.sock.getsockopt(_EVENTS)  # type: ignore[assignment]
+                if events & _POLLIN:
+                    self._more.start(self._on_readable)
         return True
 
     def _lost(self, peer: Peer, exc: zmq.ZMQError) -> None:
@@ -651,7 +695,12 @@ class Dispatcher:
                 if exc.errno == zmq.ENOTSOCK:
                     return  # closed during shutdown
                 raise
-            data = recv()  # a ROUTER always gives [routing id, data]
+            if self.guard is not None and ident not in self.peers:
+                data = self._recv_unknown(ident)  # the first message of a connection
+                if data is None:
+                    continue
+            else:
+                data = recv()  # a ROUTER always gives [routing id, data]
             if sock.rcvmore:
                 while sock.rcvmore:
                     recv()
@@ -661,6 +710,36 @@ class Dispatcher:
             self._handle(ident, data)
         if not self._more.active:  # more may wait: take them on the next turn of the loop
             self._more.start(self._on_readable)
+
+    def _recv_unknown(self, ident: bytes) -> bytes | None:
+        """The data part of a message from a connection not yet known, with CURVE on: note
+        the public key ZAP admitted it with (the User-Id of the message); None for a
+        connection whose key was revoked (its messages are dropped)."""
+        frame = self.sock.recv(copy=False)
+        if ident in self.revoked:
+            while self.sock.rcvmore:
+                self.sock.recv()
+            return None
+        key = frame.get("User-Id")
+        if isinstance(key, str) and key:
+            self.keys[ident] = key.encode("ascii")
+        return frame.bytes
+
+    def reload_keys(self) -> None:
+        """``HUP``: read ``curve_allow`` again. A connected worker whose key is no longer in
+        it is sent nothing more, told to go (BYE), and what it held fails over."""
+        if self.guard is None:
+            log.info("HUP: no curve_allow to read again (CURVE is off)")
+            return
+        admitted = self.guard.reload()
+        for peer in list(self.peers.values()):
+            key = self.keys.get(peer.ident)
+            if key is not None and key not in admitted:
+                log.warning("Worker %s@%s: its key was removed from curve_allow; it gets "
+                            "nothing more", peer.pid, peer.host)
+                self._send_now(peer, [protocol.encode_signal(BYE)])
+                self.revoked.add(peer.ident)
+                self._drop(peer, "its key was revoked")
 
     def _handle(self, ident: bytes, data: bytes) -> None:
         try:
@@ -837,6 +916,7 @@ class Dispatcher:
         peer.gone = True
         peer.outbox = []
         self.peers.pop(peer.ident, None)
+        self.keys.pop(peer.ident, None)
 
     # -- failures -----------------------------------------------------------------------
 
@@ -952,15 +1032,21 @@ class Dispatcher:
         self._drain_queue()
 
     def _on_monitor(self) -> None:
+        lost = False
         try:
             while True:
-                self.monitor.recv_multipart(_NOBLOCK)
+                event = parse_monitor_message(self.monitor.recv_multipart(_NOBLOCK))
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    lost = True
+                elif self.guard is not None:
+                    self.guard.refused(_HANDSHAKE_FAILURES.get(
+                        event["event"], "its CURVE handshake failed"))
         except _zmq_Again:
             pass
         except zmq.ZMQError:
             return
-        # a peer disconnected; which one, the event does not say: probe them all
-        self.loop.run_callback(self.probe)
+        if lost:  # a peer disconnected; which one, the event does not say: probe them all
+            self.loop.run_callback(self.probe)
 
     def probe(self) -> None:
         """Send a HEARTBEAT to every worker; ``ROUTER_MANDATORY`` reveals the lost ones.
@@ -984,6 +1070,8 @@ class Dispatcher:
         if now - self._last_probe >= self.heartbeat:
             self.probe()
         self.malformed.flush()
+        if len(self.keys) > len(self.peers):  # keys of connections that never said READY
+            self.keys = {ident: key for ident, key in self.keys.items() if ident in self.peers}
         if self.queue:
             late = [ex for ex in self.queue if ex.deadline <= now]
             for ex in late:

@@ -24,6 +24,11 @@ until the response before them is complete). Memory per connection is bounded:
 
 ``TCP_NODELAY`` is set on every connection: a head and body written in separate sends would
 otherwise wait for the client's delayed ACK (40 ms on Linux) on keep-alive connections.
+
+HTTPS: a bind written ``https://HOST:PORT`` (or every bind, when ``certfile`` is set and no
+bind is written so) serves HTTP/1.1 over TLS. ``TlsConnection`` runs the handshake, the
+reads and the writes of ``ssl`` on the same callbacks, never blocking the loop; a plain
+connection pays nothing for it. ALPN offers ``http/1.1`` only: HTTP/2 is not served.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import time
 from types import SimpleNamespace
 from typing import Any, Final
@@ -45,7 +51,7 @@ import gevent.event
 import zmq
 
 from wsgi_zmq import protocol
-from wsgi_zmq.config import addr_allowed, bind_addresses
+from wsgi_zmq.config import addr_allowed, bind_addresses, bind_scheme
 from wsgi_zmq.errors import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -58,6 +64,7 @@ from wsgi_zmq.front.dispatcher import DONE, NEW, Dispatcher, Exchange, StateErro
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
 from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
+from wsgi_zmq.handler.environ import CLIENT_DN_FIELD
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.process import Pidfile, set_owner
@@ -81,6 +88,10 @@ _RESPONSE_DATA = protocol.RESPONSE_HEAD.size
 _ACCEPT_BATCH = 64
 _READ, _WRITE = 1, 2
 _encode_request = protocol.encode_request
+# A read that must simply wait for more bytes. SSLWantReadError is a TLS connection's
+# "no whole record yet"; it costs a plain connection nothing (only a raised exception is
+# matched against the tuple).
+_READ_AGAIN: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError)
 
 
 class HttpExchange(Exchange):
@@ -257,10 +268,10 @@ class Connection:
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(self.server.chunk_size)
-        except (BlockingIOError, InterruptedError):
+        except _READ_AGAIN:
             return
-        except OSError:
-            self.close()
+        except OSError as exc:
+            self._read_failed(exc)
             return
         if not data:
             self.close()  # the client closed; an unfinished exchange is cancelled
@@ -287,6 +298,10 @@ class Connection:
         if current is not None and current.state == NEW and self.phase == OPEN:
             self._dispatch(current)
         self._update_reading()
+
+    def _read_failed(self, exc: OSError) -> None:
+        """A read raised ``exc`` (a reset, say): the connection is gone."""
+        self.close()
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Take the PROXY protocol header off the start of the stream; return what follows
@@ -428,7 +443,7 @@ class Connection:
         close = error.close or not ex.request_done
         version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
         answer = render_error(error.status, error.reason, error.detail, close, error.headers,
-                              version)
+                              version, self.server.cfg.server_header)
         self._write(answer)
         self.server.log_access(self, ex.head, error, answer)
         self._response_done(ex, close)
@@ -461,7 +476,7 @@ class Connection:
         error = self.refusal
         assert error is not None
         self.refusal = None
-        answer = error.render()
+        answer = error.render(server=self.server.cfg.server_header)
         self.server.log_access(self, None, error, answer)
         self._close_after(answer)
 
@@ -626,20 +641,372 @@ class Connection:
                 self.close()
 
 
-class Listener:
-    """A listening TCP socket and what the environ needs to know of it."""
+# -- TLS ------------------------------------------------------------------------------------
 
-    def __init__(self, server: FrontServer, sock: socket.socket) -> None:
+_CLIENT_DN_FIELD: Final = CLIENT_DN_FIELD.encode("latin-1")
+_WRITE_AGAIN: Final = (ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+
+
+class TlsConnection(Connection):
+    """A connection of an HTTPS bind: a ``Connection`` over a non-blocking ``SSLSocket``.
+
+    Every TLS step is a callback of the loop, as the rest; nothing waits on a socket:
+
+    - Handshake: ``handshake()`` runs at the accept (``do_handshake_on_connect``) or at the
+      first readable event, and again at each event until it completes. The reader is on
+      from the accept (``reading`` stays true until a request arrives), so
+      ``SSLWantReadError`` just returns; ``SSLWantWriteError`` (a full send buffer) waits
+      for writable (``read_wants_write``). ``header_timeout`` from the accept bounds it. A
+      failure (plain HTTP, a refused or missing client certificate, a client gone) closes
+      the connection with one debug line.
+    - Reads: ``Connection._on_readable``, where ``SSLWantReadError`` (no whole record yet)
+      waits like ``BlockingIOError``; one read still takes at most ``chunk_size``. Bytes
+      OpenSSL has decrypted but not yet handed out (``pending()``) raise no fd event: they
+      are read by a loop callback while reading is on, and when reading turns on again.
+      A read that must write first (``SSLWantWriteError``: a TLS 1.3 KeyUpdate to answer
+      while the send buffer is full) is retried when the socket is writable.
+    - Writes: ``send`` takes a whole buffer or raises (CPython does not set
+      ``SSL_MODE_ENABLE_PARTIAL_WRITE``) and its retry must pass the same bytes: a blocked
+      buffer stays at the head of ``out`` as it is, and is acknowledged to the worker only
+      once sent, as on plain TCP. A write that must read first (``SSLWantReadError``)
+      waits for readable on a watcher of its own (``waker``, ``write_wants_read``),
+      whatever ``reading`` says.
+    - Close: ``_linger`` sends close_notify before the lingering close.
+    - A PROXY protocol header is read after the handshake, inside TLS, as gunicorn reads
+      it; a proxy that sends it in the clear before its ClientHello is not understood.
+
+    Client-initiated renegotiation is off (``tls_context``), so the cross waits (a read
+    waiting for writable, a write for readable) are rare.
+    """
+
+    __slots__ = ("tls", "handshaken", "client_dn", "read_wants_write", "write_wants_read",
+                 "read_scheduled", "waker")
+
+    def __init__(self, server: FrontServer, sock: ssl.SSLSocket, remote: Any,
+                 listener: Listener) -> None:
+        self.tls = sock
+        self.handshaken = False
+        self.client_dn: bytes | None = None  # the verified client certificate's subject
+        self.read_wants_write = False
+        self.write_wants_read = False
+        self.read_scheduled = False
+        self.waker: Any = None
+        super().__init__(server, sock, remote, listener)
+        self.head_started = self.last_active  # header_timeout bounds the handshake
+
+    def check(self) -> None:
+        super().check()
+        if self.phase == CLOSED:
+            return
+        if not self.handshaken:
+            assert self.phase == OPEN and self.reading, "a handshake that cannot read"
+            assert self.current is None and not self.out
+        if self.write_wants_read:
+            assert self.waker is not None and self.waker.active
+
+    def handshake(self) -> bool:
+        """Take the TLS handshake one step further; True once it is complete."""
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False  # the reader is on
+        except ssl.SSLWantWriteError:
+            self._read_waits_for_writable()
+            return False
+        except OSError as exc:  # ssl.SSLError included: no traceback, nothing to answer
+            log.debug("TLS handshake with %s failed: %s", self.remote_addr.decode("latin-1"),
+                      _ssl_reason(exc))
+            self.close()
+            return False
+        self.handshaken = True
+        if self.tls.context.verify_mode != ssl.CERT_NONE:
+            cert = self.tls.getpeercert()  # only a verified certificate gets this far
+            if cert:
+                self.client_dn = client_dn(cert)
+        # from here on the connection is timed as a plain one: keepalive until the first
+        # byte of a request, then header_timeout for its head
+        self.head_started = 0.0
+        self.last_active = self.server.loop.now()
+        return True
+
+    def check_timeouts(self, now: float, cfg: Any) -> None:
+        if self.handshaken:
+            super().check_timeouts(now, cfg)
+        elif now - self.head_started > cfg.header_timeout:
+            log.debug("TLS handshake with %s took too long", self.remote_addr.decode("latin-1"))
+            self.close()
+
+    def on_request(self, head: RequestHead) -> None:
+        if self.client_dn is not None:
+            # a pseudo field no client can send (see handler/environ.py): the worker maps
+            # it to SSL_CLIENT_S_DN
+            head.headers += (_CLIENT_DN_FIELD, self.client_dn)
+        super().on_request(head)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _set_reading(self, on: bool) -> None:
+        if on and not self.reading:
+            super()._set_reading(True)
+            if self.read_wants_write or self.tls.pending():
+                self._schedule_read()  # no fd event announces what OpenSSL holds
+        else:
+            super()._set_reading(on)
+
+    def _on_readable(self) -> None:
+        self.read_wants_write = False  # this read retries what waited, or waits again
+        if not self.handshaken and not self.handshake():
+            return
+        super()._on_readable()
+        if self.reading and self.tls.pending():
+            self._schedule_read()
+
+    def _schedule_read(self) -> None:
+        if not self.read_scheduled:
+            self.read_scheduled = True
+            self.server.loop.run_callback(self._on_scheduled_read)
+
+    def _on_scheduled_read(self) -> None:
+        self.read_scheduled = False
+        if self.reading:  # flow control may have turned it off since; close does
+            self._on_readable()
+
+    def _read_failed(self, exc: OSError) -> None:
+        if isinstance(exc, ssl.SSLWantWriteError):
+            self._read_waits_for_writable()
+        else:
+            super()._read_failed(exc)
+
+    def _read_waits_for_writable(self) -> None:
+        self.read_wants_write = True
+        self._start_writer()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self.writer is None:
+            self.writer = self.server.loop.io(self.fd, _WRITE)
+        if not self.writer.active:
+            self.writer.start(self._on_writable)
+
+    def _write_waits_for_readable(self) -> None:
+        self.write_wants_read = True
+        if self.waker is None:
+            self.waker = self.server.loop.io(self.fd, _READ)
+        if not self.waker.active:
+            self.waker.start(self._on_waker)
+
+    def _on_waker(self) -> None:
+        self.waker.stop()
+        self.write_wants_read = False
+        self._on_writable()
+
+    def _write(self, data: bytes | memoryview, credit: HttpExchange | None = None) -> None:
+        if self.phase >= LINGERING:
+            return
+        if not self.out:
+            try:
+                sent = self.tls.send(data)
+            except _WRITE_AGAIN:
+                self._start_writer()
+            except ssl.SSLWantReadError:
+                self._write_waits_for_readable()
+            except OSError:
+                self.close()
+                return
+            else:
+                if sent == len(data):
+                    if credit is not None:
+                        self.server.dispatcher.grant(credit, 1)
+                    return
+                data = memoryview(data)[sent:]  # a build with partial writes
+                self._start_writer()
+            self.write_stalled = self.server.loop.now()
+        self.out.append((memoryview(data), credit))
+
+    def _on_writable(self) -> None:
+        if self.read_wants_write and self.reading:
+            self._on_readable()
+            if self.phase == CLOSED:
+                return
+        out = self.out
+        if out and not self.write_wants_read:
+            tls = self.tls
+            dispatcher = self.server.dispatcher
+            while out:
+                data, credit = out[0]
+                try:
+                    sent = tls.send(data)
+                except _WRITE_AGAIN:
+                    self._start_writer()  # called by the waker, it may be off
+                    return
+                except ssl.SSLWantReadError:
+                    self._write_waits_for_readable()
+                    break
+                except OSError:
+                    self.close()
+                    return
+                self.write_stalled = self.server.loop.now()
+                if sent < len(data):
+                    out[0] = (data[sent:], credit)
+                    self._start_writer()
+                    return
+                out.popleft()
+                if credit is not None:
+                    dispatcher.grant(credit, 1)
+        if self.writer is not None and not (self.read_wants_write and self.reading):
+            self.writer.stop()  # nothing to write, or it waits for readable
+        if not out:
+            self.write_stalled = 0.0
+            if self.phase == CLOSING and self.current is None:
+                self._linger()
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """Send close_notify, then linger as a plain connection does.
+
+        A bare ``shutdown(SHUT_WR)`` would end the TCP stream without close_notify: to the
+        client a truncation, which a close-delimited body cannot tell from its end. On this
+        non-blocking socket ``unwrap()`` never blocks: its first ``SSL_shutdown`` writes
+        close_notify, its second looks for the client's and raises ``SSLWantReadError``,
+        which is not waited for (RFC 8446 section 6.1: the initiator of the close need not
+        wait for the answering close_notify). An alert that cannot be written yet
+        (``SSLWantWriteError``) is retried when the socket is writable, bounded by
+        ``request_timeout`` as any stalled write. Any other error there (say, pipelined
+        records already in) changes nothing: the answer is in the kernel.
+        ``Connection._linger`` then shuts TCP for writing (``SSLSocket.shutdown`` drops the
+        TLS state, so what the client still sends is read raw and thrown away, never
+        decrypted) and drains: the client gets the answer, close_notify, then the end of
+        the stream, and no reset.
+        """
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantWriteError:
+            if not self.write_stalled:
+                self.write_stalled = self.server.loop.now()
+            self._start_writer()
+            return
+        except (OSError, ValueError):
+            pass
+        super()._linger()
+
+    def close(self) -> None:
+        if self.waker is not None:
+            self.waker.stop()
+        super().close()
+
+
+#: RFC 4514 section 3: the attribute types with a short name; others keep OpenSSL's name.
+_DN_NAMES: Final = {
+    "commonName": "CN", "localityName": "L", "stateOrProvinceName": "ST",
+    "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+    "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID",
+}
+_DN_SPECIAL: Final = frozenset('"+,;<>\\')
+
+
+def client_dn(cert: dict[str, Any]) -> bytes | None:
+    """The subject of a peer certificate (``SSLSocket.getpeercert()``) as an RFC 4514 string,
+    the most specific RDN first (``CN=client,O=test``); None if it has none. ASCII, no NUL:
+    fit for the REQUEST record's NUL-joined strings."""
+    subject = cert.get("subject")
+    if not subject:
+        return None
+    return ",".join("+".join(f"{_DN_NAMES.get(name, name)}={_dn_value(value)}"
+                             for name, value in rdn)
+                    for rdn in reversed(subject)).encode("ascii")
+
+
+def _dn_value(value: str) -> str:
+    """RFC 4514 section 2.4: escape ``"+,;<>\\``, a leading ``#`` or space and a trailing
+    space with a backslash; and (as it allows) every character outside printable ASCII as
+    ``\\XX`` per byte of its UTF-8."""
+    out = []
+    last = len(value) - 1
+    for i, char in enumerate(value):
+        if char in _DN_SPECIAL or (i == 0 and char in "# ") or (i == last and char == " "):
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            out.extend(f"\\{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def tls_binds(cfg: Any) -> list[bool]:
+    """Which of ``cfg.bind`` serve HTTPS, in order: those written ``https://``; if none is,
+    every bind when ``certfile`` is set (gunicorn's rule), else none."""
+    explicit = [bind_scheme(address) == "https" for address in cfg.bind]
+    if any(explicit):
+        return explicit
+    return [bool(cfg.certfile)] * len(cfg.bind)
+
+
+_TLS_VERSIONS: Final = {"tlsv1.2": ssl.TLSVersion.TLSv1_2, "tlsv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def tls_context(cfg: Any, binds: list[bool]) -> ssl.SSLContext | None:
+    """The one server context of the front's HTTPS binds (``binds`` as ``tls_binds`` gives
+    them), or None if there is none. Raises ``ConfigError``, one line that names the bind or
+    the file, for settings it cannot serve with.
+
+    HTTP/1.1 only: ALPN offers ``http/1.1`` and nothing else (no HTTP/2).
+    """
+    if not any(binds):
+        return None
+    # which settings must go together is Config.check's (it runs before anything starts)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cfg.certfile, cfg.keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"Cannot load the certificate {cfg.certfile} with the key "
+                          f"{cfg.keyfile}: {_ssl_reason(exc)}") from None
+    context.minimum_version = _TLS_VERSIONS[cfg.ssl_min_version.lower()]
+    if cfg.ciphers:
+        try:
+            context.set_ciphers(cfg.ciphers)
+        except ssl.SSLError:
+            raise ConfigError(f"ciphers {cfg.ciphers!r}: OpenSSL finds no cipher in it") \
+                from None
+    context.verify_mode = ssl.VerifyMode(cfg.cert_reqs)
+    if cfg.ca_certs:
+        try:
+            context.load_verify_locations(cfg.ca_certs)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"Cannot load the CA certificates {cfg.ca_certs}: "
+                              f"{_ssl_reason(exc)}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    # Client-initiated renegotiation (TLS 1.2) makes the front run handshakes on demand,
+    # and is where a write must wait for a read; HTTP/1.1 has no use for it.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def _ssl_reason(exc: OSError) -> str:
+    """What went wrong, without the ``(_ssl.c:1234)`` of the C source."""
+    text = exc.strerror or str(exc)
+    return text.rsplit(" (_ssl.c:", 1)[0]
+
+
+class Listener:
+    """A listening TCP socket and what the environ needs to know of it; with ``tls``, an
+    HTTPS bind whose connections are ``TlsConnection``."""
+
+    def __init__(self, server: FrontServer, sock: socket.socket,
+                 tls: ssl.SSLContext | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.server = server
+        self.tls = tls
         bound = sock.getsockname()
         self.host: str = bound[0]
         self.port: int = bound[1]
         self.server_name = self.host.encode("latin-1")
-        self.scheme = b"http"
-        self.url = (f"http://[{self.host}]:{self.port}" if sock.family == socket.AF_INET6
-                    else f"http://{self.host}:{self.port}")
+        scheme = "http" if tls is None else "https"
+        self.scheme = scheme.encode("latin-1")
+        self.url = (f"{scheme}://[{self.host}]:{self.port}" if sock.family == socket.AF_INET6
+                    else f"{scheme}://{self.host}:{self.port}")
         self.watcher = server.loop.io(sock.fileno(), _READ)
 
     def start(self) -> None:
@@ -673,7 +1040,26 @@ class Listener:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            server.connections.add(Connection(server, sock, remote, self))
+            if self.tls is None:
+                server.connections.add(Connection(server, sock, remote, self))
+            else:
+                self._accept_tls(sock, remote)
+
+    def _accept_tls(self, sock: socket.socket, remote: Any) -> None:
+        """Wrap an accepted socket for TLS (no handshake yet: it runs on the loop)."""
+        assert self.tls is not None
+        server = self.server
+        try:
+            tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:  # the client is gone already
+            log.debug("TLS connection from %s lost before its handshake: %s",
+                      remote[0] if isinstance(remote, tuple) else remote, _ssl_reason(exc))
+            sock.close()
+            return
+        conn = TlsConnection(server, tls, remote, self)
+        server.connections.add(conn)  # before a handshake that may fail and close it
+        if server.cfg.do_handshake_on_connect:
+            conn.handshake()
 
 
 class FrontServer:
@@ -687,9 +1073,14 @@ class FrontServer:
         self.chunk_size: int = cfg.chunk_size
         self.window: int = cfg.window
         self.connections: set[Connection] = set()
+        # the sockets a supervisor bound are in the order of cfg.bind: paired by index
+        secure = tls_binds(cfg)
+        self.tls = tls_context(cfg, secure)  # a ConfigError before any port is bound
         if sockets is None:
             sockets = [listen(host, port, cfg.backlog) for host, port in bind_addresses(cfg)]
-        self.listeners = [Listener(self, sock) for sock in sockets]
+        self.listeners = [
+            Listener(self, sock, self.tls if i < len(secure) and secure[i] else None)
+            for i, sock in enumerate(sockets)]
         self.max_connections: int = cfg.max_connections
         self.accept_paused = False
         _raise_file_limit(self.max_connections)
@@ -906,6 +1297,7 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
     gevent.signal_handler(signal.SIGINT, server.stop)
     gevent.signal_handler(signal.SIGQUIT, server.stop)
     gevent.signal_handler(signal.SIGUSR1, reopen_logs, cfg)
+    gevent.signal_handler(signal.SIGHUP, server.dispatcher.reload_keys)
     try:
         server.stopped.wait()
     finally:

@@ -17,6 +17,12 @@ Rules, after PEP 3333 and CGI (RFC 3875), and what users of gunicorn expect:
   ``Cookie``, RFC 6265 section 5.4). A field whose name contains ``_`` is dropped, as
   gunicorn does: ``X_Forwarded_For`` and ``X-Forwarded-For`` would otherwise collide in
   ``HTTP_X_FORWARDED_FOR`` and a client could spoof what a proxy set.
+- A field whose name starts with ``:`` is a *pseudo field* the front adds itself; a client
+  cannot send one, since such a name is no token (RFC 9110 section 5.6.2) and the front's
+  parser refuses the request. ``:ssl-client-s-dn`` (``CLIENT_DN_FIELD``) carries the
+  subject of the client certificate a TLS bind verified and becomes ``SSL_CLIENT_S_DN``
+  (RFC 4514, e.g. ``CN=client,O=test``, every byte outside printable ASCII escaped as
+  ``\\XX``); any other pseudo field is dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from wsgi_zmq.protocol import RequestHead
 _CACHE_LIMIT: Final = 512
 _keys: dict[str, str | None] = {}
 
+#: The pseudo field (see the module docstring) by which the front passes the subject of a
+#: verified client certificate; it is appended to the REQUEST record's header list.
+CLIENT_DN_FIELD: Final = ":ssl-client-s-dn"
+_PSEUDO_FIELDS: Final = {CLIENT_DN_FIELD: "SSL_CLIENT_S_DN"}
+
 
 def environ_key(name: str) -> str | None:
     """The environ key of a header field name, or None if the field is dropped."""
@@ -36,6 +47,8 @@ def environ_key(name: str) -> str | None:
     if key is None and name not in _keys:
         if "_" in name:
             key = None
+        elif name[:1] == ":":
+            key = _PSEUDO_FIELDS.get(name)  # set by the front, never by a client
         else:
             key = name.upper().replace("-", "_")
             if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):

@@ -45,7 +45,7 @@ from zmq.utils.monitor import parse_monitor_message
 from wsgi_zmq import __version__, protocol
 from wsgi_zmq import log as wlog
 from wsgi_zmq.config import is_default_hook
-from wsgi_zmq.errors import ClientDisconnected, ProtocolError
+from wsgi_zmq.errors import ClientDisconnected, ConfigError, ProtocolError
 from wsgi_zmq.handler.environ import build_environ
 from wsgi_zmq.handler.wsgi import BodyInput, FileWrapper, serve_request
 from wsgi_zmq.protocol import (
@@ -307,8 +307,11 @@ class SyncWorker:
         }
         self.context = self.zmq_module.Context()
         interval = max(1, int(self.cfg.heartbeat * 1000))
+        curve = curve_keys(cfg)
         for endpoint in self.endpoints:
             sock = self.context.socket(zmq.DEALER)
+            if curve is not None:
+                sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 100000)
             sock.setsockopt(zmq.RCVHWM, 100000)
@@ -600,6 +603,8 @@ class SyncWorker:
                 continue
             if kind == protocol.BYE:
                 front.released = True
+                if not self.leaving:
+                    self.released_by(front)
                 continue
             req = requests.get(rid)  # type: ignore[assignment]
             if req is None:
@@ -621,6 +626,16 @@ class SyncWorker:
                 continue
             if req.event is not None:
                 req.event.set()
+
+    def released_by(self, front: Front) -> None:
+        """The front sent BYE though this worker is not leaving: it sends us nothing more
+        (our key was taken out of its ``curve_allow``). Connect again: a front that admits
+        us again serves us; one that does not refuses the handshake, and we keep trying."""
+        log.warning("The front at %s let this worker go (its key may have been revoked); "
+                    "connecting again", front.endpoint)
+        front.sock.disconnect(front.endpoint)
+        front.sock.connect(front.endpoint)
+        front.released = False
 
     def _on_monitor(self, front: Front) -> None:
         while True:
@@ -725,7 +740,8 @@ class SyncWorker:
         started = time.monotonic()
         self.enter_app(req, started)
         try:
-            resp = serve_request(self.app, environ, head, req, self.cfg.chunk_size)
+            resp = serve_request(self.app, environ, head, req, self.cfg.chunk_size,
+                                 self.cfg.server_header)
         finally:
             self.leave_app(req)
         if not req.finished:
@@ -770,6 +786,23 @@ class SyncWorker:
             front.sock.close(linger=linger)
         self.context.term()
         self.context = None
+
+
+def curve_keys(cfg: Any) -> tuple[bytes, bytes, bytes] | None:
+    """(public, secret, the front's public) for the DEALERs, or None without CURVE. In
+    all-in-one mode the workers use the front's own key pair unless ``curve_server_key``
+    names another front."""
+    if cfg.curve_secret_key is None:
+        return None
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(cfg.curve_secret_key)
+    if secret is None:
+        raise ConfigError(f"curve_secret_key={cfg.curve_secret_key} holds no secret key")
+    server = public
+    if cfg.accepts("curve_server_key") and cfg.curve_server_key is not None:
+        server = zmq.auth.load_certificate(cfg.curve_server_key)[0]
+    return public, secret, server
 
 
 class HookRequest:

@@ -1,8 +1,9 @@
 """Run one WSGI request: call the app, frame its response, stream it through a channel.
 
-``serve_request(app, environ, req, channel, chunk_size)`` is the whole PEP 3333 server side
-of one request for every worker class. The worker supplies ``channel``, which moves records
-(the sync worker blocks on its sockets, the gevent worker on greenlet events):
+``serve_request(app, environ, req, channel, chunk_size, server_header)`` is the whole PEP
+3333 server side of one request for every worker class. The worker supplies ``channel``,
+which moves records (the sync worker blocks on its sockets, the gevent worker on greenlet
+events):
 
     channel.respond(flags, head, body, final)   one RESPONSE record
     channel.send_chunk(data) -> bool            one CHUNK under credit; False if cancelled
@@ -30,6 +31,9 @@ What the client gets:
 - More bytes than the declared ``Content-Length`` are dropped (and logged); fewer close the
   connection after the response.
 - The app iterator's ``close()`` is always called.
+- Every head the worker renders (the 500 of a failed app too) carries ``Server:
+  <server_header>`` unless the setting is empty or the app set its own ``Server`` (which
+  is sent as it is, alone). Not in raw mode: the gateway adds its own.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from email.utils import formatdate
 from typing import Any, Final
 
 from wsgi_zmq import protocol
-from wsgi_zmq.errors import AppImportError, ClientDisconnected
+from wsgi_zmq.errors import AppImportError, ClientDisconnected, server_line
 from wsgi_zmq.protocol import (
     END_ABORT,
     END_CLOSE,
@@ -57,8 +61,9 @@ _LENGTH: Final = 1
 _DATE: Final = 2
 _CONNECTION: Final = 3
 _HOP: Final = 4
+_SERVER: Final = 5
 _RESPONSE_SPECIAL: Final = {
-    "content-length": _LENGTH, "date": _DATE, "connection": _CONNECTION,
+    "content-length": _LENGTH, "date": _DATE, "connection": _CONNECTION, "server": _SERVER,
     "keep-alive": _HOP, "transfer-encoding": _HOP, "upgrade": _HOP, "te": _HOP,
     "trailer": _HOP, "proxy-authenticate": _HOP, "proxy-authorization": _HOP,
 }
@@ -67,6 +72,18 @@ _ERROR_BODY: Final = b"Internal Server Error\n"
 
 _date_second = 0
 _date_line = ""
+_server_setting = ""
+_server_line = ""
+
+
+def server_header_line(setting: str) -> str:
+    """``Server: ...\\r\\n`` for the ``server_header`` setting (``""`` for none), rendered
+    once per process: the setting does not change while a worker runs."""
+    global _server_setting, _server_line
+    if setting != _server_setting:
+        _server_setting = setting
+        _server_line = server_line(setting)
+    return _server_line
 
 
 def date_line() -> str:
@@ -226,10 +243,10 @@ class Responder:
 
     __slots__ = ("channel", "version", "keep_alive", "is_head", "raw", "chunk_size",
                  "status", "headers", "head_sent", "declared", "sent", "chunked", "close",
-                 "no_body", "close_if_unread")
+                 "no_body", "close_if_unread", "server")
 
     def __init__(self, channel: Any, version: str, flags: int, is_head: bool,
-                 chunk_size: int) -> None:
+                 chunk_size: int, server: str = "") -> None:
         self.channel = channel
         self.version = "HTTP/1.0" if version == "HTTP/1.0" else "HTTP/1.1"
         self.keep_alive = bool(flags & REQ_KEEP_ALIVE)
@@ -245,6 +262,7 @@ class Responder:
         self.chunked = False
         self.close = False
         self.no_body = is_head
+        self.server = server  # the ``Server: ...\r\n`` line, "" for none
 
     @property
     def status_code(self) -> int:
@@ -284,6 +302,7 @@ class Responder:
             self.no_body = True
         lines = [f"{self.version} {status}\r\n"]
         has_date = False
+        has_server = False
         app_close = False
         declared = None
         special_of = _RESPONSE_SPECIAL.get
@@ -301,6 +320,8 @@ class Responder:
                         continue  # RFC 9110 section 8.6: never in a 204
                 elif special == _DATE:
                     has_date = True
+                elif special == _SERVER:
+                    has_server = True
                 elif special == _CONNECTION:
                     app_close = "close" in value.lower()
                     continue
@@ -336,6 +357,8 @@ class Responder:
                 lines.append("Connection: keep-alive\r\n")
             if not has_date:
                 lines.append(date_line())
+            if self.server and not has_server:
+                lines.append(self.server)
         text = "".join(lines) + "\r\n"
         # a CR or LF inside a name or value would start a line of its own: header injection
         if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
@@ -433,14 +456,16 @@ class Responder:
 
 
 def serve_request(app: Any, environ: dict[str, Any], req: protocol.RequestHead, channel: Any,
-                  chunk_size: int) -> Responder:
+                  chunk_size: int, server_header: str = "") -> Responder:
     """Run ``app`` for one request and send its response through ``channel``; return the
     ``Responder``, whose ``status``, ``headers`` and ``sent`` say what the client got.
+    ``server_header`` is the setting of that name (``""``: no ``Server`` header).
 
     Always ends with exactly one final record (RESPONSE with RESP_END, or END), whatever the
     app does, and always calls the app iterator's ``close()``.
     """
-    responder = Responder(channel, req.version, req.flags, req.method == "HEAD", chunk_size)
+    responder = Responder(channel, req.version, req.flags, req.method == "HEAD", chunk_size,
+                          server_header_line(server_header) if server_header else "")
     result = None
     try:
         result = app(environ, responder.start_response)
@@ -494,6 +519,8 @@ def _send_error(responder: Responder, channel: Any) -> None:
             lines.append("Connection: close\r\n")
         elif responder.version == "HTTP/1.0":
             lines.append("Connection: keep-alive\r\n")
+        if responder.server:
+            lines.append(responder.server)
     lines.append("\r\n")
     flags = RESP_END | (0 if keep else RESP_CLOSE)
     channel.respond(flags, "".join(lines).encode("latin-1"), _ERROR_BODY, True)
