@@ -62,7 +62,10 @@ from servers import (
 
 APP = "bench.hello:app"
 BODY = b"Hello, World!"
-SERVERS = ("wsgi_zmq", "gunicorn-sync", "gunicorn-gevent", "uwsgi")
+SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "gunicorn-sync", "gunicorn-gevent",
+           "uwsgi")
+#: run only when named in --servers: variants of wsgi_zmq for the cost of a feature
+OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https")
 START_SECONDS = 30.0
 #: wrk gets this long beyond its duration before it is killed
 WRK_GRACE_SECONDS = 30.0
@@ -107,10 +110,42 @@ def gunicorn_options() -> list[str]:
     return ["--no-control-socket"] if "--no-control-socket" in result.stdout else []
 
 
+def curve_options(args: argparse.Namespace) -> list[str]:
+    """CURVE on the backend: a key pair made once per run with ``wsgi_zmq.keys`` (the
+    all-in-one front admits its own workers, so the allowlist is empty)."""
+    if args.curve_dir is None:
+        args.curve_dir = tempfile.mkdtemp(prefix="wsgi_zmq-bench-keys-")
+        os.mkdir(os.path.join(args.curve_dir, "allow"))
+        subprocess.run([sys.executable, "-m", "wsgi_zmq.keys", "generate", "front", "--dir",
+                        args.curve_dir], check=True, capture_output=True, timeout=60)
+    return ["--curve-secret-key", os.path.join(args.curve_dir, "front.key_secret"),
+            "--curve-allow", os.path.join(args.curve_dir, "allow")]
+
+
+def https_options(args: argparse.Namespace) -> list[str]:
+    """An HTTPS bind with a self-signed certificate made once per run with ``openssl``."""
+    if args.tls_dir is None:
+        if not shutil.which("openssl"):
+            raise BenchError("wsgi_zmq+https needs the openssl command to make a certificate")
+        args.tls_dir = tempfile.mkdtemp(prefix="wsgi_zmq-bench-tls-")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=127.0.0.1", "-keyout",
+                        os.path.join(args.tls_dir, "key.pem"), "-out",
+                        os.path.join(args.tls_dir, "cert.pem")],
+                       check=True, capture_output=True, timeout=60)
+    return ["--bind", "https://127.0.0.1:0",
+            "--certfile", os.path.join(args.tls_dir, "cert.pem"),
+            "--keyfile", os.path.join(args.tls_dir, "key.pem")]
+
+
 def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
     """Start one server and wait until it is ready: every process booted, ``GET /`` is 200."""
-    if name == "wsgi_zmq" or name.startswith("wsgi_zmq@"):
+    if name == "wsgi_zmq" or name.startswith(("wsgi_zmq@", "wsgi_zmq+")):
         extra = ["--capacity", str(args.capacity)] if args.capacity else []
+        if name == "wsgi_zmq+curve":
+            extra += curve_options(args)
+        elif name == "wsgi_zmq+https":
+            extra += https_options(args)
         source = args.baseline_dir if name.startswith("wsgi_zmq@") else None
         server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS,
                                      source=source, name=name)
@@ -344,8 +379,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or (args.capacity is not None and args.capacity < 1):
         parser.error("--warmup must be at least 0 and --capacity at least 1")
+    args.curve_dir = None
+    args.tls_dir = None
     if args.servers is None:
-        args.names = [n for n in SERVERS if n != "uwsgi" or uwsgi_binary()]
+        args.names = [n for n in SERVERS
+                      if n not in OPTIONAL and (n != "uwsgi" or uwsgi_binary())]
     else:
         args.names = [n.strip() for n in args.servers.split(",") if n.strip()]
         unknown = [n for n in args.names if n not in SERVERS]
@@ -430,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     runs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
+        stack.callback(lambda: args.curve_dir and shutil.rmtree(args.curve_dir, True))
+        stack.callback(lambda: args.tls_dir and shutil.rmtree(args.tls_dir, True))
         if args.baseline:
             try:
                 args.baseline_dir = stack.enter_context(Baseline(args.baseline))

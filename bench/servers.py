@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: The log lines of wsgi_zmq (``wsgi_zmq/arbiter.py``, ``front/server.py``, ``dispatcher.py``)
 #: and gunicorn that say where a server listens and which processes it runs.
-LISTENING = re.compile(r"Listening at: (http://\S+?)(?:,\S+)? \((\d+)\)")
+LISTENING = re.compile(r"Listening at: (https?://\S+?)(?:,\S+)? \((\d+)\)")
 BOOTING_FRONT = re.compile(r"Booting front with pid: (\d+)")
 BOOTING_WORKER = re.compile(r"Booting worker with pid: (\d+)")
 WORKER_CONNECTED = re.compile(r"Worker (\d+)@\S+ connected")
@@ -281,7 +282,12 @@ def wait_http(url: str, server: Server, timeout: float, path: str = "/") -> byte
         if server.proc.poll() is not None:
             raise BenchError(f"{server.name} exited with {server.proc.returncode}\n"
                              f"{server.tail()}")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+        if parts.scheme == "https":  # a test certificate: checking it is not the point
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=2,
+                context=ssl._create_unverified_context())  # noqa: S323
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
         try:
             conn.request("GET", path)
             response = conn.getresponse()
