@@ -41,7 +41,7 @@ DEFAULT_BIND: Final = "127.0.0.1:8000"
 DEFAULT_BACKEND: Final = "tcp://127.0.0.1:5556"
 
 #: Sections in the order ``--help`` and the docs show them.
-SECTIONS: Final = ("Config File", "Server Socket", "SSL", "Backend", "Worker Processes",
+SECTIONS: Final = ("Config File", "Server Socket", "SSL", "Backend", "Jobs", "Worker Processes",
                    "Limits", "Flow Control", "Logging", "Process Naming", "Server Mechanics",
                    "Server Hooks")
 
@@ -181,6 +181,21 @@ def validate_connect_endpoints(value: Any) -> list[str]:
         if endpoint.endswith(":*"):
             raise ValueError(f"{endpoint!r}: a handler connects to a real port, not *")
     return endpoints
+
+
+def validate_service(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = validate_string(value)
+    if not 0 < len(text.encode("utf-8")) <= 255 or "\0" in text:
+        raise ValueError("a service name has 1 to 255 bytes and no NUL")
+    if text.startswith("mmi."):
+        raise ValueError("names starting with mmi. are the broker's own (RFC 8/MMI)")
+    return text
+
+
+def validate_optional_endpoints(value: Any) -> list[str]:
+    return validate_endpoints(value) if _list(value) else []
 
 
 def validate_app_uri(value: Any) -> str | None:
@@ -413,6 +428,7 @@ class Config:
 
     role: str
     values: dict[str, Any]
+    given: set[str]
 
     def __init__(self, role: str) -> None:
         if role not in ROLES:
@@ -420,6 +436,7 @@ class Config:
         self.role = role
         self.values = {s.name: s.validate(s.default) if s.default is not None else None
                        for s in settings_for(role)}
+        self.given: set[str] = set()  # names a source set (the rest are defaults)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -433,6 +450,7 @@ class Config:
         if setting is None or name not in self.values:
             raise ConfigError(f"Unknown setting {name!r} for wsgi_zmq {self.role}")
         self.values[name] = setting.validate(value)
+        self.given.add(name)
 
     def accepts(self, name: str) -> bool:
         return name in self.values
@@ -446,7 +464,10 @@ class Config:
         with one line that names them and says what to do. Called once all sources are
         applied, before anything starts."""
         values = self.values
-        serves_http = "bind" in values
+        serves_http = "bind" in values  # a front (lone or all-in-one)
+        if self.role != "front" and values["job"] is not None and values["wsgi_app"]:
+            raise ConfigError(f"Give either a WSGI app ({values['wsgi_app']}) or --job "
+                              f"{values['job']}, not both: a pool hosts one of them")
         if serves_http:
             secure = values["curve_secret_key"] is not None
             if values["curve_allow"] is not None and not secure:
@@ -455,10 +476,12 @@ class Config:
                 raise ConfigError("curve_secret_key needs curve_allow, the directory of the "
                                   "public keys of the workers to admit")
             if not secure and not values["insecure_backend"]:
-                for endpoint in values["backend"]:
+                named = [("backend", e) for e in values["backend"]] + \
+                    [("job endpoint", e) for e in values["job_bind"]]
+                for what, endpoint in named:
                     if not endpoint_is_private(endpoint):
                         raise ConfigError(
-                            f"The backend {endpoint} is plaintext on an address others can "
+                            f"The {what} {endpoint} is plaintext on an address others can "
                             "reach: anyone there could take requests as a worker. Set "
                             "curve_secret_key and curve_allow (python -m wsgi_zmq.keys), or "
                             "pass --insecure-backend if that network is trusted")
@@ -699,6 +722,84 @@ class Backend(Setting):
 
     ``tcp://HOST:PORT``, ``tcp://HOST:*`` (a free port, printed in the startup line
     ``Backend at:``) or ``ipc://PATH``. Handlers on other hosts need a reachable address.
+    """
+
+
+class JobBind(Setting):
+    name = "job_bind"
+    section = "Jobs"
+    roles = FRONT
+    cli = ("--job-bind",)
+    meta = "ENDPOINT"
+    action = "append"
+    validator = staticmethod(validate_optional_endpoints)
+    default: ClassVar[Any] = []
+    since = "0.3.0"
+    desc = """The ZeroMQ endpoint the front binds for job clients (Majordomo); repeatable.
+
+    Off by default. Clients speak MDP/0.1 or MDP/0.2 (``docs/jobs.md``) or send a bare
+    payload from a REQ socket; MDP workers written by others may connect here too. With
+    ``job_bind`` and no ``bind`` given, the front is a pure job broker: no HTTP listener.
+    """
+
+
+class DefaultService(Setting):
+    name = "default_service"
+    section = "Jobs"
+    roles = FRONT
+    cli = ("--default-service",)
+    meta = "NAME"
+    validator = staticmethod(validate_service)
+    since = "0.3.0"
+    desc = """The service that serves bare requests (a payload with no Majordomo header).
+
+    Without it, a bare request is answered with an error reply that names this setting.
+    """
+
+
+class Job(Setting):
+    name = "job"
+    section = "Jobs"
+    roles = HANDLER
+    cli = ("--job",)
+    meta = "MODULE:FUNC"
+    validator = staticmethod(validate_app_uri)
+    since = "0.3.0"
+    desc = """Host a job function instead of a WSGI app: ``FUNC(payload) -> bytes``.
+
+    ``FUNC`` takes the request's one frame (``bytes``) and returns ``bytes``; or, declared
+    with a parameter annotated ``list``, takes and returns a list of frames; a generator's
+    items are sent as partial replies. A second parameter receives a ``JobContext`` (the
+    client's address and key, the request id, the service). ``docs/jobs.md`` has the
+    details.
+    """
+
+
+class Service(Setting):
+    name = "service"
+    section = "Jobs"
+    roles = HANDLER
+    cli = ("--service",)
+    meta = "NAME"
+    validator = staticmethod(validate_service)
+    since = "0.3.0"
+    desc = """The service a job pool registers with the front; by default the function's name.
+    """
+
+
+class JobIdempotent(Setting):
+    name = "job_idempotent"
+    section = "Jobs"
+    roles = HANDLER
+    cli = ("--job-idempotent",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    since = "0.3.0"
+    desc = """The pool's jobs may run twice: one whose worker died is sent to another worker.
+
+    Without it, a job whose worker died while possibly running it is answered with an
+    error reply (502), as a non-idempotent HTTP request is.
     """
 
 

@@ -44,6 +44,15 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
     ERROR     W->F  status:u16 message (utf-8): answer this request with ``status``
     REJECT    W->F  empty: the worker never started this request; dispatch it elsewhere
     BYE       W->F  empty: the worker leaves; send it nothing more
+    JOB       F->W  flags:u8 reserved:u32 nframes:u16 window:u16 queue_us:u32 strings_len:u32
+                    strings[strings_len] then nframes times (length:u32 frame[length]):
+                    a job for a job pool; strings = NUL-joined utf-8: service, the client's
+                    address, the client's CURVE public key (Z85, or empty), the dialect
+                    it spoke (``docs/jobs.md``); window = partial JOB_REPLY records the
+                    worker may send before the front grants CREDIT; queue_us at the same
+                    offset as REQUEST's
+    JOB_REPLY W->F  flags:u8 nframes:u16 then nframes times (length:u32 frame[length]):
+                    the reply's frames; JOB_FINAL marks the last, which ends the exchange
 
 Every exchange the front dispatched ends with exactly one final record from the worker:
 RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
@@ -76,11 +85,13 @@ HEARTBEAT: Final = 9
 ERROR: Final = 10
 REJECT: Final = 11
 BYE: Final = 12
+JOB: Final = 13
+JOB_REPLY: Final = 14
 
 KIND_NAMES: Final = {
     REQUEST: "REQUEST", BODY: "BODY", RESPONSE: "RESPONSE", CHUNK: "CHUNK", END: "END",
     CREDIT: "CREDIT", CANCEL: "CANCEL", READY: "READY", HEARTBEAT: "HEARTBEAT",
-    ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE",
+    ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE", JOB: "JOB", JOB_REPLY: "JOB_REPLY",
 }
 
 # REQUEST flags
@@ -100,6 +111,14 @@ REQ_CLOSE_IF_UNREAD: Final = 0x40  # a response that starts before the app read 
 
 # READY flags
 READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (gevent), not in order
+READY_JOB: Final = 0x02          # a job worker: it takes JOB records for its service
+
+# JOB flags
+JOB_IDEMPOTENT: Final = 0x01     # the job may run twice: the front may send it again if its
+#                                  worker dies while possibly running it
+
+# JOB_REPLY flags
+JOB_FINAL: Final = 0x01          # the last reply of the job
 
 # RESPONSE flags
 RESP_END: Final = 0x01           # the whole response is in this record
@@ -116,12 +135,16 @@ U8: Final = struct.Struct("!B")
 U16: Final = struct.Struct("!H")
 U32: Final = struct.Struct("!I")
 READY_HEAD: Final = struct.Struct("!IHIB")
+JOB_HEAD: Final = struct.Struct("!BIHHII")
+JOB_REPLY_HEAD: Final = struct.Struct("!BH")
+#: Most frames one job or reply may have (MDP puts no bound on them; we do).
+MAX_JOB_FRAMES: Final = 1024
 
 _RECORD_HEAD_SIZE: Final = RECORD_HEAD.size
 _MIN_PAYLOAD: Final = {
     REQUEST: REQUEST_HEAD.size, BODY: 0, RESPONSE: RESPONSE_HEAD.size, CHUNK: 0, END: 0,
     CREDIT: U32.size, CANCEL: 0, READY: READY_HEAD.size, HEARTBEAT: 0, ERROR: U16.size,
-    REJECT: 0, BYE: 0,
+    REJECT: 0, BYE: 0, JOB: JOB_HEAD.size, JOB_REPLY: JOB_REPLY_HEAD.size,
 }
 _STRINGS_BEFORE_HEADERS: Final = 6
 
@@ -164,13 +187,28 @@ class ResponseHead(NamedTuple):
 
 
 class Ready(NamedTuple):
-    """The decoded READY payload."""
+    """The decoded READY payload. ``service`` is the job service of a job worker (READY_JOB),
+    sent after the host and a NUL; empty for an HTTP worker."""
 
     capacity: int
     window: int
     pid: int
     host: str
     flags: int = 0
+    service: str = ""
+
+
+class JobHead(NamedTuple):
+    """The decoded JOB payload."""
+
+    flags: int
+    window: int
+    queue_us: int
+    service: str
+    client: str
+    key: str
+    dialect: str
+    frames: list[bytes]
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -302,9 +340,13 @@ def decode_heartbeat(payload: bytes) -> int:
     return queued
 
 
-def encode_ready(capacity: int, window: int, pid: int, host: str, flags: int = 0) -> bytes:
-    """Encode READY: the worker (``pid`` on ``host``) offers ``capacity`` requests."""
+def encode_ready(capacity: int, window: int, pid: int, host: str, flags: int = 0,
+                 service: str = "") -> bytes:
+    """Encode READY: the worker (``pid`` on ``host``) offers ``capacity`` requests (jobs of
+    ``service`` with READY_JOB)."""
     name = host.encode("utf-8")
+    if service:
+        name += b"\0" + service.encode("utf-8")
     return (_pack_record(READY, 0, READY_HEAD.size + len(name))
             + READY_HEAD.pack(capacity, window, pid, flags) + name)
 
@@ -353,8 +395,10 @@ def decode_ready(payload: bytes) -> Ready:
     capacity, window, pid, flags = READY_HEAD.unpack_from(payload)
     if capacity < 1 or window < 1:
         raise ProtocolError("READY with capacity or window 0")
-    return Ready(capacity, window, pid, payload[READY_HEAD.size:].decode("utf-8", "replace"),
-                 flags)
+    host, _, service = payload[READY_HEAD.size:].decode("utf-8", "replace").partition("\0")
+    if bool(flags & READY_JOB) != bool(service):
+        raise ProtocolError("READY_JOB needs a service name, and only a job worker has one")
+    return Ready(capacity, window, pid, host, flags, service)
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:
@@ -370,3 +414,68 @@ def decode_error(payload: bytes) -> tuple[int, str]:
     if not 100 <= status <= 599:
         raise ProtocolError(f"ERROR with status {status}")
     return status, payload[U16.size:].decode("utf-8", "replace")
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+def _pack_frames(frames: list[bytes]) -> list[bytes]:
+    parts = []
+    for data in frames:
+        parts.append(U32.pack(len(data)))
+        parts.append(data)
+    return parts
+
+
+def _unpack_frames(payload: bytes, pos: int, count: int) -> list[bytes]:
+    if count > MAX_JOB_FRAMES:
+        raise ProtocolError(f"{count} frames: more than {MAX_JOB_FRAMES}")
+    frames = []
+    size = len(payload)
+    for _ in range(count):
+        if pos + 4 > size:
+            raise ProtocolError("truncated frame length")
+        length: int = U32.unpack_from(payload, pos)[0]
+        pos += 4
+        if pos + length > size:
+            raise ProtocolError("a frame overruns the record")
+        frames.append(payload[pos:pos + length])
+        pos += length
+    if pos != size:
+        raise ProtocolError(f"{size - pos} bytes after the last frame")
+    return frames
+
+
+def encode_job(rid: int, flags: int, service: str, client: str, key: str, dialect: str,
+               frames: list[bytes], window: int, queue_us: int = 0) -> bytes:
+    """Encode a JOB record: the request ``frames`` of a client for ``service``."""
+    strings = "\0".join((service, client, key, dialect)).encode("utf-8")
+    parts = [JOB_HEAD.pack(flags, 0, len(frames), window, queue_us, len(strings)), strings,
+             *_pack_frames(frames)]
+    length = sum(map(len, parts))
+    return b"".join((_pack_record(JOB, rid, length), *parts))
+
+
+def decode_job(payload: bytes) -> JobHead:
+    """Decode a JOB payload. Raises ``ProtocolError`` if any part of it is malformed."""
+    flags, _, nframes, window, queue_us, strings_len = JOB_HEAD.unpack_from(payload)
+    start = JOB_HEAD.size
+    end = start + strings_len
+    if end > len(payload):
+        raise ProtocolError("JOB strings overrun the record")
+    parts = payload[start:end].decode("utf-8", "replace").split("\0")
+    if len(parts) != 4 or not parts[0]:
+        raise ProtocolError("JOB needs a service, a client, a key and a dialect")
+    return JobHead(flags, window, queue_us, parts[0], parts[1], parts[2], parts[3],
+                   _unpack_frames(payload, end, nframes))
+
+
+def encode_job_reply(rid: int, flags: int, frames: list[bytes]) -> bytes:
+    """Encode a JOB_REPLY record (JOB_FINAL for the last reply of the job)."""
+    parts = [JOB_REPLY_HEAD.pack(flags, len(frames)), *_pack_frames(frames)]
+    return b"".join((_pack_record(JOB_REPLY, rid, sum(map(len, parts))), *parts))
+
+
+def decode_job_reply(payload: bytes) -> tuple[int, list[bytes]]:
+    """Decode a JOB_REPLY payload into (flags, frames)."""
+    flags, nframes = JOB_REPLY_HEAD.unpack_from(payload)
+    return flags, _unpack_frames(payload, JOB_REPLY_HEAD.size, nframes)
