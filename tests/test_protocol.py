@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import ProtocolError
@@ -68,7 +70,7 @@ def test_a_frame_of_no_records_is_valid_and_empty() -> None:
 
 def test_kinds_are_distinct_and_named() -> None:
     kinds = [p.REQUEST, p.BODY, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL, p.READY,
-             p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE]
+             p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY]
     assert len(set(kinds)) == len(kinds)
     assert set(p.KIND_NAMES) == set(kinds)
 
@@ -267,10 +269,11 @@ def test_frame_of_every_kind_keeps_order() -> None:
         p.encode_end(1, 0, b"0\r\n\r\n"), p.encode_credit(1, 2), p.encode_signal(p.CANCEL, 1),
         p.encode_ready(4, 8, 99, "h"), p.encode_signal(p.HEARTBEAT), p.encode_error(2, 502, "x"),
         p.encode_signal(p.REJECT, 3), p.encode_signal(p.BYE),
+        p.encode_job(4, 0, "s", "", "", "MDP02", [b"x"], 8), p.encode_job_reply(4, 1, []),
     ]
     kinds = [r.kind for r in p.split_frame(p.frame(records))]
     assert kinds == [p.REQUEST, p.BODY, p.END, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL,
-                     p.READY, p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE]
+                     p.READY, p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY]
     assert set(kinds) == set(p.KIND_NAMES)
 
 
@@ -284,7 +287,7 @@ MALFORMED_FRAMES = {
     "version 2": (b"\x02" + p.encode_signal(p.HEARTBEAT), "version 2"),
     "version 255, no records": (b"\xff", "version 255"),
     "unknown kind 0": (V + raw_record(0, 0, b""), "unknown record kind 0"),
-    "unknown kind 13": (V + raw_record(13, 1, b"abcd"), "unknown record kind 13"),
+    "unknown kind 15": (V + raw_record(15, 1, b"abcd"), "unknown record kind 15"),
     "unknown kind 255": (V + raw_record(255, 1, b""), "unknown record kind 255"),
     "one stray byte": (V + b"\x09", "truncated record head"),
     "head cut at 12 bytes": (V + p.encode_signal(p.BYE)[:12], "truncated record head"),
@@ -436,3 +439,59 @@ def test_documented_dumps_are_what_the_encoder_produces() -> None:
     assert dumps["response"] == p.frame([p.encode_response(rid, p.RESP_END, head,
                                                            b"Hello, world!\n")])
     assert dumps["ready"] == p.frame([p.encode_ready(8, 8, 4242, "web1")])
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+_frames = st.lists(st.binary(max_size=64), max_size=8)
+
+
+@given(flags=st.integers(0, 255), service=st.text(min_size=1, max_size=20).filter(
+    lambda t: "\0" not in t), client=st.text(max_size=20).filter(lambda t: "\0" not in t),
+    frames=_frames, window=st.integers(1, 0xFFFF), queue_us=st.integers(0, 0xFFFFFFFF))
+def test_a_job_round_trips(flags: int, service: str, client: str, frames: list[bytes],
+                           window: int, queue_us: int) -> None:
+    record = p.encode_job(7, flags, service, client, "KEY", "MDP02", frames, window)
+    record = p.with_queue_time(record, queue_us)
+    [(kind, rid, payload)] = p.split_frame(p.frame([record]))
+    assert (kind, rid) == (p.JOB, 7)
+    assert p.decode_job(payload) == p.JobHead(flags, window, queue_us, service, client, "KEY",
+                                              "MDP02", frames)
+
+
+@given(flags=st.integers(0, 255), frames=_frames)
+def test_a_job_reply_round_trips(flags: int, frames: list[bytes]) -> None:
+    [(kind, rid, payload)] = p.split_frame(p.frame([p.encode_job_reply(9, flags, frames)]))
+    assert (kind, rid) == (p.JOB_REPLY, 9)
+    assert p.decode_job_reply(payload) == (flags, frames)
+
+
+@given(st.binary(max_size=80))
+def test_a_malformed_job_or_reply_raises_protocol_error_only(data: bytes) -> None:
+    for decode in (p.decode_job, p.decode_job_reply):
+        try:
+            decode(data)
+        except (ProtocolError, struct.error):
+            pass  # struct.error: shorter than its head, which split_frame refuses first
+
+
+def test_job_frames_are_bounded_and_exact() -> None:
+    record = p.encode_job_reply(1, 0, [b"a"])
+    payload = p.split_frame(p.frame([record]))[0][2]
+    with pytest.raises(ProtocolError, match="after the last frame"):
+        p.decode_job_reply(payload + b"x")
+    with pytest.raises(ProtocolError, match="more than"):
+        p.decode_job_reply(p.JOB_REPLY_HEAD.pack(0, p.MAX_JOB_FRAMES + 1))
+    with pytest.raises(ProtocolError, match="overruns"):
+        p.decode_job_reply(p.JOB_REPLY_HEAD.pack(0, 1) + (5).to_bytes(4, "big") + b"ab")
+
+
+def test_ready_names_the_service_of_a_job_worker_only() -> None:
+    payload = p.encode_ready(2, 8, 42, "host", p.READY_JOB, "resize")[p.RECORD_HEAD.size:]
+    assert p.decode_ready(payload) == p.Ready(2, 8, 42, "host", p.READY_JOB, "resize")
+    plain = p.encode_ready(2, 8, 42, "host")[p.RECORD_HEAD.size:]
+    assert p.decode_ready(plain).service == ""
+    with pytest.raises(ProtocolError):
+        p.decode_ready(p.encode_ready(2, 8, 42, "host", 0, "resize")[p.RECORD_HEAD.size:])
+    with pytest.raises(ProtocolError):
+        p.decode_ready(p.encode_ready(2, 8, 42, "host", p.READY_JOB)[p.RECORD_HEAD.size:])
