@@ -112,6 +112,8 @@ REQ_CLOSE_IF_UNREAD: Final = 0x40  # a response that starts before the app read 
 # READY flags
 READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (gevent), not in order
 READY_JOB: Final = 0x02          # a job worker: it takes JOB records for its service
+READY_IDEMPOTENT: Final = 0x04   # a job worker whose jobs may all run twice (the pool's
+#                                  job_idempotent): the front may send one again after a death
 
 # JOB flags
 JOB_IDEMPOTENT: Final = 0x01     # the job may run twice: the front may send it again if its
