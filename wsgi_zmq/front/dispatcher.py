@@ -24,6 +24,9 @@ What it guarantees:
   sends its final record, or when the worker is lost. An exchange the sink gives up while a
   worker holds it leaves a *ghost* in the worker's slot: the worker is told to CANCEL, and the
   slot is free again when the worker acknowledges with its final record.
+- **Lanes.** HTTP requests go to HTTP workers; a job (a JOB record) goes to the workers of
+  its service. Each ``Lane`` has its own lines of workers and its own queue, so a flood
+  for one service does not take the queue of another.
 - **Dispatch by credit.** A worker announces its capacity (READY); it holds at most that many
   slots. An idle worker is preferred, least recently used first; then a worker with free
   capacity that is not stalled. With no capacity anywhere a request waits in a FIFO queue of
@@ -71,6 +74,8 @@ from wsgi_zmq.protocol import (
     END,
     ERROR,
     HEARTBEAT,
+    JOB_FINAL,
+    JOB_REPLY,
     READY,
     REJECT,
     RESP_END,
@@ -109,6 +114,13 @@ STALL_SECONDS = 0.02
 _EJECT_BEATS: Final = 5
 _EJECT_MAX_BEATS: Final = 60
 
+#: The HTTP workers' lane; a job service's lane is named by the service.
+HTTP: Final = ""
+#: Most lanes of job services that no worker serves (yet): requests for them wait until a
+#: worker comes or their queue timeout passes. Beyond it a request for a service no worker
+#: serves is refused at once, so clients cannot fill the front with made-up service names.
+MAX_EMPTY_LANES: Final = 256
+
 # -- exchange states -------------------------------------------------------------------
 
 NEW: Final = 0
@@ -124,7 +136,7 @@ STATE_NAMES: Final = ("NEW", "QUEUED", "SENT", "STARTED", "DONE")
 #: NEW    -> SENT (submit, a worker is free), QUEUED (submit, none is free),
 #:           DONE (submit into a full queue: 503; or the sink gives up before submitting)
 #: QUEUED -> SENT (a worker frees up), DONE (cancel; queue timeout: 503; shutdown)
-#: SENT   -> STARTED (the response head), QUEUED (REJECT, or its worker was lost and it
+#: SENT   -> STARTED (the response head, or a job's partial reply), QUEUED (REJECT, or its worker was lost and it
 #:           may be sent again), DONE (the whole response, END, ERROR, cancel, request
 #:           timeout: 504, worker lost: 502, malformed reply: 502, shutdown)
 #: STARTED-> DONE (END, ERROR, cancel, worker lost, malformed reply, shutdown)
@@ -148,6 +160,16 @@ _EVENTS = zmq.EVENTS
 _split_frame = protocol.split_frame
 _VERSION_BYTE = protocol.VERSION_BYTE
 _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
+
+
+def _is_final(kind: int, payload: bytes) -> bool:
+    """Does this worker record end its exchange?"""
+    if kind in _FINAL_KINDS:
+        return True
+    if kind == RESPONSE:
+        return bool(payload[0] & RESP_END)
+    return kind == JOB_REPLY and bool(payload[0] & JOB_FINAL)
+
 _HANDSHAKE_FAILED: Final = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                             | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -208,11 +230,12 @@ class Exchange:
 
     __slots__ = ("rid", "sink", "record", "state", "worker", "replayable", "body_complete",
                  "attempts", "losses", "body_sent", "deadline", "wait_deadline",
-                 "body_credit", "queued_at")
+                 "body_credit", "queued_at", "service")
 
-    def __init__(self, rid: int, sink: Sink) -> None:
+    def __init__(self, rid: int, sink: Sink, service: str = HTTP) -> None:
         self.rid = rid
         self.sink = sink
+        self.service = service  # the lane: HTTP, or a job service (a JOB record)
         self.record = b""
         self.state = NEW
         self.worker: Peer | None = None
@@ -267,10 +290,13 @@ class Peer:
 
     __slots__ = ("ident", "capacity", "window", "pid", "host", "outbox", "slots", "leaving",
                  "gone", "line", "progress", "concurrent", "failures", "ejections",
-                 "ejected_until", "probe_rid", "probed_at")
+                 "ejected_until", "probe_rid", "probed_at", "lane", "idempotent")
 
-    def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str) -> None:
+    def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str,
+                 lane: Lane) -> None:
         self.ident = ident
+        self.lane = lane
+        self.idempotent = False  # a job pool whose jobs may all run twice
         self.capacity = capacity
         self.window = window
         self.pid = pid
@@ -305,6 +331,30 @@ class Peer:
         return f"<worker {self.pid}@{self.host} {len(self.slots)}/{self.capacity}>"
 
 
+class Lane:
+    """The workers of one service and the requests that wait for them: the HTTP workers,
+    or the job pool(s) of one job service. Dispatch never crosses lanes.
+
+    ``idle`` and ``ready`` are the lines of its workers (least recently used first),
+    ``queue`` its waiting requests; ``members`` counts its connected workers.
+    """
+
+    __slots__ = ("service", "idle", "ready", "queue", "members")
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.idle: collections.deque[Peer] = collections.deque()
+        self.ready: collections.deque[Peer] = collections.deque()
+        # insertion-ordered, O(1) removal of any entry (a client that gives up), and
+        # move_to_end(last=False) puts a request sent back by a worker first in line
+        self.queue: collections.OrderedDict[Exchange, None] = collections.OrderedDict()
+        self.members = 0
+
+    def __repr__(self) -> str:
+        name = f"service {self.service!r}" if self.service else "HTTP"
+        return f"<lane {name}: {self.members} workers, {len(self.queue)} waiting>"
+
+
 class Dispatcher:
     """The broker; see the module docstring. Create it in the process that uses it.
 
@@ -324,11 +374,12 @@ class Dispatcher:
         self.heartbeat: float = cfg.heartbeat
         self.window: int = cfg.window
         self.peers: dict[bytes, Peer] = {}
-        self.idle: collections.deque[Peer] = collections.deque()
-        self.ready: collections.deque[Peer] = collections.deque()
-        # insertion-ordered, O(1) removal of any entry (a client that gives up), and
-        # move_to_end(last=False) puts a request sent back by a worker first in line
-        self.queue: collections.OrderedDict[Exchange, None] = collections.OrderedDict()
+        self.http = Lane(HTTP)
+        self.lanes: dict[str, Lane] = {HTTP: self.http}
+        # the HTTP lane's, under the names the front and its tests use
+        self.idle = self.http.idle
+        self.ready = self.http.ready
+        self.queue = self.http.queue
         self.malformed = LogLimiter(log, "malformed messages from the backend")
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
@@ -394,20 +445,42 @@ class Dispatcher:
         return self._rid or self.new_rid()  # rid 0 means "no exchange"
 
     def submit(self, ex: Exchange) -> None:
-        """Send ``ex`` to a worker with free capacity, or queue it, or answer 503."""
+        """Send ``ex`` to a worker of its lane with free capacity, or queue it, or answer
+        503."""
         ex.wait_deadline = self.clock() + self.queue_timeout
-        if not self.queue:
-            peer = self._pick()
+        lane = self.lanes.get(ex.service)
+        if lane is None:
+            lane = self._new_lane(ex.service)
+            if lane is None:
+                ex.move(DONE)
+                ex.sink.on_failure(ex, ServiceUnavailable(
+                    f"No worker serves {ex.service!r}, and too many services wait for one"))
+                return
+        if not lane.queue:
+            peer = self._pick(lane)
             if peer is not None:
                 ex.move(SENT)
                 self._assign(ex, peer)
                 return
-        if len(self.queue) >= self.queue_size:
+        if len(lane.queue) >= self.queue_size:
             ex.move(DONE)
             ex.sink.on_failure(ex, ServiceUnavailable("No worker is free; try again"))
             return
         ex.move(QUEUED)
-        self._enqueue(ex)
+        self._enqueue(ex, lane)
+
+    def serves(self, service: str) -> bool:
+        """Is a worker of ``service`` connected (MMI's ``mmi.service``)?"""
+        lane = self.lanes.get(service)
+        return lane is not None and lane.members > 0
+
+    def _new_lane(self, service: str) -> Lane | None:
+        """A new lane for a request for ``service``, which no worker serves; none while
+        ``MAX_EMPTY_LANES`` lanes have no worker."""
+        if sum(not lane.members for lane in self.lanes.values()) > MAX_EMPTY_LANES:
+            return None
+        lane = self.lanes[service] = Lane(service)
+        return lane
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
         """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
@@ -440,7 +513,7 @@ class Dispatcher:
         if state == DONE:
             return
         if state == QUEUED:
-            del self.queue[ex]
+            del self.lanes[ex.service].queue[ex]
         elif state != NEW:
             peer = ex.worker
             assert peer is not None
@@ -453,9 +526,10 @@ class Dispatcher:
         front closes its connections first), and the sockets close."""
         self.closed = True  # a flush still scheduled finds nothing to do
         self._dirty = []
-        for ex in list(self.queue):
-            ex.move(DONE)
-        self.queue.clear()
+        for lane in self.lanes.values():
+            for ex in lane.queue:
+                ex.move(DONE)
+            lane.queue.clear()
         for peer in list(self.peers.values()):
             for slot in list(peer.slots.values()):
                 if isinstance(slot, Exchange):
@@ -481,19 +555,33 @@ class Dispatcher:
         Tests call it after every step. Cheap enough for a debugging front
         (``WSGI_ZMQ_CHECK=1`` calls it once per loop iteration).
         """
-        for ex in self.queue:
-            assert ex.state == QUEUED, f"{ex!r} in the queue"
-            assert ex.worker is None, f"queued {ex!r} has a worker"
-        assert len(self.queue) <= self.queue_size, "the queue is over its bound"
-        lines = {_IDLE: self.idle, _READY: self.ready}
-        for line, members in lines.items():
-            assert len(set(map(id, members))) == len(members), "a worker listed twice"
-            for peer in members:
-                assert peer.line == line, f"{peer!r} in the wrong line"
-                assert self.peers.get(peer.ident) is peer, f"{peer!r} listed but unknown"
-                assert peer.eligible, f"{peer!r} listed but not eligible"
+        members: dict[str, int] = collections.Counter()
         for ident, peer in self.peers.items():
             assert peer.ident == ident and not peer.gone
+            assert self.lanes.get(peer.lane.service) is peer.lane, f"{peer!r}: unknown lane"
+            members[peer.lane.service] += 1
+        for service, lane in self.lanes.items():
+            assert lane.service == service, f"{lane!r} filed as {service!r}"
+            assert lane.members == members[service], f"{lane!r}: {members[service]} workers"
+            for ex in lane.queue:
+                assert ex.state == QUEUED, f"{ex!r} in the queue"
+                assert ex.worker is None, f"queued {ex!r} has a worker"
+                assert ex.service == service, f"{ex!r} in the queue of {lane!r}"
+            assert len(lane.queue) <= self.queue_size, f"{lane!r}: the queue is over its bound"
+            lines = {_IDLE: lane.idle, _READY: lane.ready}
+            for line, listed in lines.items():
+                assert len(set(map(id, listed))) == len(listed), "a worker listed twice"
+                for peer in listed:
+                    assert peer.line == line, f"{peer!r} in the wrong line"
+                    assert self.peers.get(peer.ident) is peer, f"{peer!r} listed but unknown"
+                    assert peer.lane is lane, f"{peer!r} listed in {lane!r}"
+                    assert peer.eligible, f"{peer!r} listed but not eligible"
+            if lane.queue:
+                assert not lane.idle, f"{lane!r}: requests wait while a worker is idle"
+        assert self.idle is self.http.idle and self.ready is self.http.ready and \
+            self.queue is self.http.queue, "the HTTP lane's names moved"
+        for peer in self.peers.values():
+            lines = {_IDLE: peer.lane.idle, _READY: peer.lane.ready}
             if peer.line != _UNLISTED:
                 assert peer in lines[peer.line], f"{peer!r} thinks it is listed"
             if peer.line == _IDLE:
@@ -509,20 +597,19 @@ class Dispatcher:
                 if isinstance(slot, Exchange):
                     assert slot.state in (SENT, STARTED), f"{slot!r} in a slot of {peer!r}"
                     assert slot.worker is peer, f"{slot!r} in a slot of {peer!r}, not its"
-        if self.queue:
-            assert not self.idle, "requests wait while a worker is idle"
+                    assert slot.service == peer.lane.service, f"{slot!r} crossed lanes"
 
     # -- assignment ---------------------------------------------------------------------
 
-    def _pick(self) -> Peer | None:
-        """The worker for the next request: idle first, then one with free capacity that
-        is not stalled; least recently used first in both lines. Taken off its line; the
-        caller assigns to it at once."""
-        if self.idle:
-            peer = self.idle.popleft()
+    def _pick(self, lane: Lane) -> Peer | None:
+        """The worker of ``lane`` for its next request: idle first, then one with free
+        capacity that is not stalled; least recently used first in both lines. Taken off
+        its line; the caller assigns to it at once."""
+        if lane.idle:
+            peer = lane.idle.popleft()
             peer.progress = self.clock()
         else:
-            ready = self.ready
+            ready = lane.ready
             now = self.clock()
             while True:
                 if not ready:
@@ -547,21 +634,21 @@ class Dispatcher:
         ex.body_sent = 0
         peer.slots[ex.rid] = ex
         if len(peer.slots) < peer.capacity and peer.line == _UNLISTED:
-            self.ready.append(peer)
+            peer.lane.ready.append(peer)
             peer.line = _READY
         self._post(peer, ex.record)
         if not ex.body_complete:
             ex.sink.on_body_credit(ex, 0)
 
-    def _enqueue(self, ex: Exchange, first: bool = False) -> None:
+    def _enqueue(self, ex: Exchange, lane: Lane, first: bool = False) -> None:
         now = self.clock()
         ex.queued_at = now
         ex.deadline = ex.wait_deadline
-        self.queue[ex] = None
+        lane.queue[ex] = None
         if first:
-            self.queue.move_to_end(ex, last=False)
+            lane.queue.move_to_end(ex, last=False)
         if _debug():
-            log.debug("Queued request %x: %d waiting", ex.rid, len(self.queue))
+            log.debug("Queued request %x: %d waiting", ex.rid, len(lane.queue))
 
     def _detach(self, ex: Exchange, peer: Peer) -> None:
         """``ex`` leaves ``peer`` before the worker's final record: a ghost keeps the slot."""
@@ -585,21 +672,22 @@ class Dispatcher:
             return
         if not peer.eligible:
             return
-        if self.queue and len(peer.slots) < peer.capacity and (
+        lane = peer.lane
+        if lane.queue and len(peer.slots) < peer.capacity and (
                 peer.concurrent or now - peer.progress < STALL_SECONDS):
-            ex, _ = self.queue.popitem(last=False)
+            ex, _ = lane.queue.popitem(last=False)
             ex.move(SENT)
             self._assign(ex, peer)  # takes the slot this release freed
-            if self.queue and peer.line != _UNLISTED:
-                self._drain_queue()  # it may have more room (it was stalled while they came)
+            if lane.queue and peer.line != _UNLISTED:
+                self._drain_queue(lane)  # it may have more room (stalled while they came)
             return
         if not peer.slots:
             if peer.line == _READY:
-                self.ready.remove(peer)
-            self.idle.append(peer)
+                lane.ready.remove(peer)
+            lane.idle.append(peer)
             peer.line = _IDLE
         elif peer.line == _UNLISTED and len(peer.slots) < peer.capacity:
-            self.ready.append(peer)
+            lane.ready.append(peer)
             peer.line = _READY
 
     def _finish(self, ex: Exchange, peer: Peer) -> None:
@@ -609,10 +697,10 @@ class Dispatcher:
         peer.failures = 0
         self._release(peer, ex.rid)
 
-    def _drain_queue(self) -> None:
-        queue = self.queue
+    def _drain_queue(self, lane: Lane) -> None:
+        queue = lane.queue
         while queue:
-            peer = self._pick()
+            peer = self._pick(lane)
             if peer is None:
                 return
             ex, _ = queue.popitem(last=False)
@@ -775,9 +863,7 @@ class Dispatcher:
                 except ProtocolError as exc:
                     self.malformed.warning("Dropped a malformed %s from %r: %s",
                                            protocol.KIND_NAMES[kind], peer, exc)
-                    final = kind in _FINAL_KINDS or (kind == RESPONSE
-                                                     and bool(payload[0] & RESP_END))
-                    self._abandon(peer, rid, final)
+                    self._abandon(peer, rid, _is_final(kind, payload))
             elif kind == BYE:
                 self._on_bye(peer)
             elif kind != HEARTBEAT:
@@ -791,6 +877,8 @@ class Dispatcher:
                 raise ProtocolError("CHUNK before the response head")
             sink.on_chunk(ex, payload)
         elif kind == RESPONSE:
+            if ex.service:
+                raise ProtocolError("RESPONSE to a job")
             if ex.state != SENT:
                 raise ProtocolError("a second response head")
             flags = payload[0]
@@ -821,6 +909,15 @@ class Dispatcher:
                 self._failed(peer, f"answered {status}")
             self._release(peer, ex.rid)
             sink.on_failure(ex, WorkerError(status, message))
+        elif kind == JOB_REPLY:
+            if not ex.service:
+                raise ProtocolError("JOB_REPLY to an HTTP request")
+            flags = payload[0]
+            if flags & JOB_FINAL:
+                self._finish(ex, peer)
+            elif ex.state == SENT:
+                ex.move(STARTED)  # a partial reply went out: the job can no longer be replayed
+            sink.on_response(ex, flags, payload)
         elif kind == REJECT:
             if ex.state != SENT:
                 raise ProtocolError("REJECT of a started response")
@@ -832,7 +929,7 @@ class Dispatcher:
 
     def _on_ghost_record(self, peer: Peer, rid: int, kind: int, payload: bytes) -> None:
         """A record for a slot whose sink gave up: a final one frees the slot."""
-        if kind in _FINAL_KINDS or (kind == RESPONSE and payload[0] & RESP_END):
+        if _is_final(kind, payload):
             self._release(peer, rid)
 
     def _abandon(self, peer: Peer, rid: int, final: bool) -> None:
@@ -865,6 +962,10 @@ class Dispatcher:
             return peer
         concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
         if peer is not None:
+            if ready.service != peer.lane.service:
+                self.malformed.warning("Dropped a READY of %r that changes its service from "
+                                       "%r to %r", peer, peer.lane.service, ready.service)
+                return peer
             # the worker restated its capacity: apply it from now on
             self._unlist(peer)
             peer.capacity = ready.capacity
@@ -872,13 +973,19 @@ class Dispatcher:
             peer.concurrent = concurrent
             self._list(peer)
         else:
-            peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host)
+            lane = self.lanes.get(ready.service)
+            if lane is None:
+                lane = self.lanes[ready.service] = Lane(ready.service)
+            peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host, lane)
             peer.concurrent = concurrent
+            peer.idempotent = bool(ready.flags & protocol.READY_IDEMPOTENT)
             self.peers[ident] = peer
+            lane.members += 1
             self._list(peer)
-            log.info("Worker %s@%s connected, capacity %d", ready.pid, ready.host,
+            what = f"for service {ready.service!r}" if ready.service else "connected"
+            log.info("Worker %s@%s %s, capacity %d", ready.pid, ready.host, what,
                      ready.capacity)
-        self._drain_queue()
+        self._drain_queue(peer.lane)
         return peer
 
     def _on_bye(self, peer: Peer) -> None:
@@ -895,9 +1002,9 @@ class Dispatcher:
 
     def _unlist(self, peer: Peer) -> None:
         if peer.line == _IDLE:
-            self.idle.remove(peer)
+            peer.lane.idle.remove(peer)
         elif peer.line == _READY:
-            self.ready.remove(peer)
+            peer.lane.ready.remove(peer)
         peer.line = _UNLISTED
 
     def _list(self, peer: Peer) -> None:
@@ -905,14 +1012,16 @@ class Dispatcher:
         if not peer.eligible:
             return
         if not peer.slots:
-            self.idle.append(peer)
+            peer.lane.idle.append(peer)
             peer.line = _IDLE
         elif len(peer.slots) < peer.capacity:
-            self.ready.append(peer)
+            peer.lane.ready.append(peer)
             peer.line = _READY
 
     def _forget(self, peer: Peer) -> None:
         self._unlist(peer)
+        if not peer.gone:
+            peer.lane.members -= 1
         peer.gone = True
         peer.outbox = []
         self.peers.pop(peer.ident, None)
@@ -957,7 +1066,7 @@ class Dispatcher:
                 continue
             if peer.concurrent or ex is running:
                 ex.attempts += 1
-                if not ex.replayable:
+                if not (ex.replayable or peer.idempotent):
                     refusal = "it may have been running, and is not idempotent"
                 elif ex.attempts >= MAX_ATTEMPTS:
                     refusal = f"it may have been running on {ex.attempts} workers that died"
@@ -983,16 +1092,22 @@ class Dispatcher:
         the order given, each under a new rid (the worker that gave it up may still hold a
         ghost of the old one); then dispatch what can be. The queue keeps its bound: while
         it is over it, its newest request gets 503."""
+        lanes = []
         for ex in reversed(exchanges):
             ex.move(QUEUED)
             ex.rid = self.new_rid()
             ex.record = protocol.with_rid(ex.record, ex.rid)
-            self._enqueue(ex, first=True)
-        self._drain_queue()
-        while len(self.queue) > self.queue_size:
-            newest, _ = self.queue.popitem(last=True)
-            newest.move(DONE)
-            newest.sink.on_failure(newest, ServiceUnavailable("No worker is free; try again"))
+            lane = self.lanes[ex.service]
+            self._enqueue(ex, lane, first=True)
+            if lane not in lanes:
+                lanes.append(lane)
+        for lane in lanes:
+            self._drain_queue(lane)
+            while len(lane.queue) > self.queue_size:
+                newest, _ = lane.queue.popitem(last=True)
+                newest.move(DONE)
+                newest.sink.on_failure(newest, ServiceUnavailable(
+                    "No worker is free; try again"))
 
     def _failed(self, peer: Peer, what: str) -> None:
         """One more consecutive failure of ``peer``; eject it after ``eject_after``.
@@ -1029,7 +1144,7 @@ class Dispatcher:
         peer.failures = 0
         peer.probe_rid = 0
         self._list(peer)
-        self._drain_queue()
+        self._drain_queue(peer.lane)
 
     def _on_monitor(self) -> None:
         lost = False
@@ -1055,9 +1170,10 @@ class Dispatcher:
         echo instead."""
         now = self.clock()
         self._last_probe = now
-        beat = protocol.encode_heartbeat(len(self.queue))
+        beats = {service: protocol.encode_heartbeat(len(lane.queue))
+                 for service, lane in self.lanes.items()}
         for peer in list(self.peers.values()):
-            record = beat
+            record = beats[peer.lane.service]
             if peer.ejected and now >= peer.ejected_until:
                 if not peer.probe_rid:
                     peer.probe_rid = self.new_rid()
@@ -1072,13 +1188,19 @@ class Dispatcher:
         self.malformed.flush()
         if len(self.keys) > len(self.peers):  # keys of connections that never said READY
             self.keys = {ident: key for ident, key in self.keys.items() if ident in self.peers}
-        if self.queue:
-            late = [ex for ex in self.queue if ex.deadline <= now]
-            for ex in late:
-                del self.queue[ex]
-                ex.move(DONE)
-                ex.sink.on_failure(ex, ServiceUnavailable(
-                    f"No worker was free within {self.queue_timeout:g} s"))
+        for lane in list(self.lanes.values()):
+            if lane.queue:
+                late = [ex for ex in lane.queue if ex.deadline <= now]
+                if lane.service and not lane.members:
+                    why = f"No worker served {lane.service!r} within {self.queue_timeout:g} s"
+                else:
+                    why = f"No worker was free within {self.queue_timeout:g} s"
+                for ex in late:
+                    del lane.queue[ex]
+                    ex.move(DONE)
+                    ex.sink.on_failure(ex, ServiceUnavailable(why))
+            elif lane.service and not lane.members:
+                del self.lanes[lane.service]  # nothing waits for a service nobody serves
         for peer in list(self.peers.values()):
             late = [ex for ex in peer.slots.values()
                     if isinstance(ex, Exchange) and ex.state == SENT and ex.deadline <= now]
