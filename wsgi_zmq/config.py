@@ -465,6 +465,8 @@ class Config:
         applied, before anything starts."""
         values = self.values
         serves_http = "bind" in values  # a front (lone or all-in-one)
+        if serves_http and values["job_bind"] and "bind" not in self.given:
+            values["bind"] = []  # a pure job broker: HTTP only where a bind is given
         if self.role != "front" and values["job"] is not None and values["wsgi_app"]:
             raise ConfigError(f"Give either a WSGI app ({values['wsgi_app']}) or --job "
                               f"{values['job']}, not both: a pool hosts one of them")

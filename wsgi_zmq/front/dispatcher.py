@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -66,6 +65,7 @@ from zmq.utils.monitor import parse_monitor_message
 from wsgi_zmq import protocol
 from wsgi_zmq.errors import BadGateway, GatewayTimeout, HTTPError, ProtocolError, ServiceUnavailable
 from wsgi_zmq.front.auth import Guard
+from wsgi_zmq.front.sockets import bind_zmq
 from wsgi_zmq.log import LogLimiter
 from wsgi_zmq.protocol import (
     BYE,
@@ -136,9 +136,10 @@ STATE_NAMES: Final = ("NEW", "QUEUED", "SENT", "STARTED", "DONE")
 #: NEW    -> SENT (submit, a worker is free), QUEUED (submit, none is free),
 #:           DONE (submit into a full queue: 503; or the sink gives up before submitting)
 #: QUEUED -> SENT (a worker frees up), DONE (cancel; queue timeout: 503; shutdown)
-#: SENT   -> STARTED (the response head, or a job's partial reply), QUEUED (REJECT, or its worker was lost and it
-#:           may be sent again), DONE (the whole response, END, ERROR, cancel, request
-#:           timeout: 504, worker lost: 502, malformed reply: 502, shutdown)
+#: SENT   -> STARTED (the response head, or a job's partial reply), QUEUED (REJECT, or its
+#:           worker was lost and it may be sent again), DONE (the whole response or the
+#:           final job reply, END, ERROR, cancel, request timeout: 504, worker lost: 502,
+#:           malformed reply: 502, shutdown)
 #: STARTED-> DONE (END, ERROR, cancel, worker lost, malformed reply, shutdown)
 #: DONE   -> nothing: later records for it are acknowledged by the ghost or dropped
 #: ====== =========================================================================
@@ -408,7 +409,7 @@ class Dispatcher:
             events |= _HANDSHAKE_FAILED
         self.endpoints: list[str] = []
         for endpoint in cfg.backend:
-            self._bind(endpoint, cfg.umask)
+            bind_zmq(self.sock, endpoint, cfg.umask)
             self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.monitor = self.sock.get_monitor_socket(events)
         self._recv = self.sock.recv
@@ -425,18 +426,6 @@ class Dispatcher:
         # the FDs may already be readable (edge passed before the watchers existed)
         self.loop.run_callback(self._on_readable)
         self.loop.run_callback(self._on_monitor)
-
-    def _bind(self, endpoint: str, umask: int | None) -> None:
-        """Bind one endpoint; an ``ipc://`` socket file is created owner-only (0600), or
-        under the ``umask`` setting when one is given."""
-        if not endpoint.startswith("ipc://") or umask is not None:
-            self.sock.bind(endpoint)
-            return
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(endpoint)
-        finally:
-            os.umask(old)
 
     # -- API for sinks ------------------------------------------------------------------
 
@@ -982,8 +971,8 @@ class Dispatcher:
             self.peers[ident] = peer
             lane.members += 1
             self._list(peer)
-            what = f"for service {ready.service!r}" if ready.service else "connected"
-            log.info("Worker %s@%s %s, capacity %d", ready.pid, ready.host, what,
+            what = f" for service {ready.service!r}" if ready.service else ""
+            log.info("Worker %s@%s connected%s, capacity %d", ready.pid, ready.host, what,
                      ready.capacity)
         self._drain_queue(peer.lane)
         return peer

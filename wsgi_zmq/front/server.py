@@ -1085,6 +1085,11 @@ class FrontServer:
         self.accept_paused = False
         _raise_file_limit(self.max_connections)
         self.dispatcher = Dispatcher(cfg, self.loop)
+        self.jobs: Any = None  # the JobEndpoint, with job_bind
+        if cfg.job_bind:
+            from wsgi_zmq.front.jobs import JobEndpoint
+
+            self.jobs = JobEndpoint(cfg, self.dispatcher, self.loop)
         tick = min(1.0, cfg.keepalive / 2, cfg.request_timeout / 4, cfg.header_timeout / 4,
                    cfg.body_timeout / 4, LINGER_SECONDS / 2)
         self._timer = self.loop.timer(tick, tick)
@@ -1151,8 +1156,11 @@ class FrontServer:
         for listener in self.listeners:
             listener.start()
         self._timer.start(self._on_tick)
-        log.info("Listening at: %s (%d)", ",".join(lst.url for lst in self.listeners),
-                 os.getpid())
+        if self.listeners:
+            log.info("Listening at: %s (%d)", ",".join(lst.url for lst in self.listeners),
+                     os.getpid())
+        if self.jobs is not None:
+            log.info("Jobs at: %s (%d)", ",".join(self.jobs.endpoints), os.getpid())
         log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
 
     def check(self) -> None:
@@ -1223,6 +1231,8 @@ class FrontServer:
             if not self.draining:
                 listener.stop()
         self.dispatcher.flush()
+        if self.jobs is not None:
+            self.jobs.close()
         self.dispatcher.close()
 
 
@@ -1262,7 +1272,8 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
         log.error("%s", exc)
         return EXIT_CONFIG
     except zmq.ZMQError as exc:
-        log.error("Cannot bind the backend %s: %s", ",".join(cfg.backend), exc)
+        endpoints = ",".join([*cfg.backend, *cfg.job_bind])
+        log.error("Cannot bind the backend or job endpoint %s: %s", endpoints, exc)
         return EXIT_CONFIG
     try:
         set_owner(cfg)  # after binding: ports below 1024 need the privilege, serving not

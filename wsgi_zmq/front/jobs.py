@@ -1,0 +1,287 @@
+"""The job endpoint: a ROUTER socket where Majordomo clients send jobs (``job_bind``).
+
+Usage (in the front, beside its dispatcher)::
+
+    jobs = JobEndpoint(cfg, dispatcher, loop)   # binds cfg.job_bind, watches the zmq FD
+    ...
+    jobs.close()
+
+A client's message is parsed by ``wsgi_zmq.mdp`` into one of its dialects (MDP/0.1,
+MDP/0.2, majortomo's, or a bare payload for ``default_service``); ``docs/jobs.md`` shows the
+frames of each. A job becomes an ``Exchange`` of its service's lane in the dispatcher, with
+a JOB record, so it has every guarantee an HTTP request has: dispatch by credit, a bounded
+queue per service, ``queue_timeout`` (503) and ``request_timeout`` (504), failover when its
+worker dies (for an idempotent pool), ejection of failing workers. The endpoint is the
+exchange's sink: a worker's JOB_REPLY records go back to the client in the form it used,
+and every failure is an error reply (``mdp.error_reply``: ``wsgi_zmq.error``, the code, the
+message), so a client always gets exactly one final answer.
+
+MMI (RFC 8): ``mmi.service`` answers ``200`` when a worker of the named service is
+connected, else ``404``; any other ``mmi.`` name answers ``501``.
+
+Partial replies (MDP/0.2 PARTIAL) reach a client that speaks MDP/0.2; for a client whose
+dialect has none, the front keeps them and sends all their frames with the final reply, up
+to ``MAX_HELD_BYTES`` (past it the job is cancelled and answered 502).
+
+Every byte a client sends is hostile: a message that is no valid form is counted and
+dropped (logged a few lines a minute), and a message larger than ``MAX_MESSAGE_BYTES`` in
+any one frame never reaches Python (ZeroMQ's ``MAXMSGSIZE`` drops the connection).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import zmq
+
+from wsgi_zmq import mdp, protocol
+from wsgi_zmq.errors import HTTPError, ProtocolError
+from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
+from wsgi_zmq.front.sockets import bind_zmq
+from wsgi_zmq.log import LogLimiter
+
+log = logging.getLogger("wsgi_zmq.error.jobs")
+
+#: The largest frame a client may send (ZeroMQ drops a peer that sends a larger one).
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+#: The most bytes of partial replies kept for a client that cannot take them one by one.
+MAX_HELD_BYTES: Final = 64 * 1024 * 1024
+#: Messages taken per turn of the loop (then the loop polls everything else; see the
+#: dispatcher's ``_RECV_BATCH``).
+_RECV_BATCH: Final = 64
+
+_NOBLOCK = zmq.NOBLOCK
+_zmq_Again = zmq.Again
+
+
+class Job(Exchange):
+    """A job as the dispatcher sees it, with what the endpoint needs to answer it."""
+
+    __slots__ = ("ident", "request", "held", "held_bytes")
+
+    def __init__(self, rid: int, sink: JobEndpoint, service: str, ident: bytes,
+                 request: mdp.ClientRequest) -> None:
+        super().__init__(rid, sink, service)
+        self.ident = ident  # the client's routing id on the job endpoint
+        self.request = request
+        self.held: list[bytes] = []  # partial replies kept for a client without PARTIAL
+        self.held_bytes = 0
+
+
+class JobEndpoint:
+    """The front's job endpoint; the sink of every job exchange. See the module docstring."""
+
+    def __init__(self, cfg: Any, dispatcher: Dispatcher, loop: Any) -> None:
+        self.cfg = cfg
+        self.dispatcher = dispatcher
+        self.loop = loop
+        self.window: int = cfg.window
+        self.default_service: str | None = cfg.default_service
+        self.malformed = LogLimiter(log, "malformed messages from job clients")
+        self.undelivered = LogLimiter(log, "replies that could not be delivered")
+        self.sock = dispatcher.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.SNDHWM, 100000)
+        interval = max(1, int(cfg.heartbeat * 1000))
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, interval)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval)
+        self.secure = dispatcher.guard is not None
+        if dispatcher.guard is not None:
+            dispatcher.guard.secure(self.sock)  # the same key pair and allowlist
+        self.endpoints: list[str] = []
+        for endpoint in cfg.job_bind:
+            bind_zmq(self.sock, endpoint, cfg.umask)
+            self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.delivered = 0
+        self.closed = False
+        self._recv = self.sock.recv
+        self._watcher = loop.io(self.sock.getsockopt(zmq.FD), 1)
+        self._watcher.start(self._on_readable)
+        self._more = loop.timer(0.0)
+        loop.run_callback(self._on_readable)
+
+    def close(self) -> None:
+        self.closed = True
+        self._watcher.stop()
+        self._more.stop()
+        self.sock.close(linger=0)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        if self.closed:
+            return
+        recv = self._recv
+        sock = self.sock
+        for _ in range(_RECV_BATCH):
+            try:
+                ident = recv(_NOBLOCK)
+            except _zmq_Again:
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.ENOTSOCK:
+                    return
+                raise
+            frames: list[bytes] = []
+            first: zmq.Frame | None = None
+            too_many = False
+            while sock.rcvmore:
+                if first is None:
+                    first = sock.recv(copy=False)  # a Frame: the connection's metadata
+                    frames.append(first.bytes)
+                elif len(frames) > protocol.MAX_JOB_FRAMES + 4:
+                    recv()
+                    too_many = True
+                else:
+                    frames.append(recv())
+            if too_many:
+                self.malformed.warning("Dropped a message of more than %d frames",
+                                       protocol.MAX_JOB_FRAMES)
+                continue
+            self._handle(ident, frames, first)
+        else:
+            if not self._more.active:  # more may wait: take them on the next turn
+                self._more.start(self._on_readable)
+
+    def _handle(self, ident: bytes, frames: list[bytes], first: zmq.Frame | None) -> None:
+        try:
+            message = mdp.parse(frames)
+        except mdp.MdpError as exc:
+            self.malformed.warning("Dropped a malformed job message: %s", exc)
+            return
+        if not isinstance(message, mdp.ClientRequest):
+            self.malformed.warning("Dropped an MDP worker's %s: MDP workers are not "
+                                   "served on the job endpoint yet", message.command.name)
+            return
+        request = message
+        service_bytes = request.service
+        if request.dialect is mdp.Dialect.BARE:
+            if self.default_service is None:
+                self._send(ident, mdp.error_reply(
+                    request, 404, "a request without a Majordomo header needs the front's "
+                    "default_service, which is not set"))
+                return
+            service_bytes = self.default_service.encode("utf-8")
+        if mdp.is_mmi(service_bytes):
+            self._mmi(ident, request, service_bytes)
+            return
+        try:
+            service = service_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            self._send(ident, mdp.error_reply(request, 400, "the service name is not UTF-8"))
+            return
+        address, key = _client_of(first, self.secure)
+        job = Job(self.dispatcher.new_rid(), self, service, ident, request)
+        job.record = protocol.encode_job(job.rid, 0, service, address, key,
+                                         request.dialect.value, list(request.body),
+                                         self.window)
+        job.body_complete = True
+        self.dispatcher.submit(job)
+
+    def _mmi(self, ident: bytes, request: mdp.ClientRequest, service: bytes) -> None:
+        if service == b"mmi.service":
+            name = request.body[0] if request.body else b""
+            try:
+                known = self.dispatcher.serves(name.decode("utf-8"))
+            except UnicodeDecodeError:
+                known = False
+            status = b"200" if known else b"404"
+        else:
+            status = b"501"
+        self._send(ident, mdp.mmi_reply(request, status))
+
+    # -- the sink -------------------------------------------------------------------------
+
+    def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
+        """A JOB_REPLY: the final one ends the job, a partial one goes on (or is kept)."""
+        assert isinstance(ex, Job)
+        try:
+            flags, frames = protocol.decode_job_reply(payload)
+        except ProtocolError as exc:
+            self.dispatcher.malformed.warning("Dropped a malformed JOB_REPLY: %s", exc)
+            if not ex.done:
+                self.dispatcher.cancel(ex)
+            self._send(ex.ident, mdp.error_reply(ex.request, 502,
+                                                 "the worker sent a malformed reply"))
+            return
+        request = ex.request
+        if flags & protocol.JOB_FINAL:
+            if ex.held:
+                frames = ex.held + frames
+                ex.held = []
+            if not frames and request.dialect is not mdp.Dialect.MAJORTOMO:
+                frames = [b""]  # MDP replies have a body frame; a REQ cannot take none
+            self._send(ex.ident, mdp.client_reply(request, frames))
+            return
+        if request.dialect.partial_replies:
+            if frames or request.dialect is mdp.Dialect.MAJORTOMO:
+                self._send(ex.ident, mdp.client_reply(request, frames, final=False))
+        else:
+            ex.held.extend(frames)
+            ex.held_bytes += sum(map(len, frames))
+            if ex.held_bytes > MAX_HELD_BYTES:
+                self.dispatcher.cancel(ex)
+                ex.held = []
+                self._send(ex.ident, mdp.error_reply(
+                    request, 502, f"the partial replies passed {MAX_HELD_BYTES} bytes, and "
+                    f"this client's protocol ({request.dialect.value}) takes only a final one"))
+                return
+        self.dispatcher.grant(ex)
+
+    def on_chunk(self, ex: Exchange, data: bytes) -> None:
+        self._broken(ex, "the worker sent an HTTP body piece for a job")
+
+    def on_end(self, ex: Exchange, flags: int, tail: bytes) -> None:
+        assert isinstance(ex, Job)
+        ex.held = []
+        self._send(ex.ident, mdp.error_reply(ex.request, 502,
+                                             "the worker ended the job without a final reply"))
+
+    def on_failure(self, ex: Exchange, error: HTTPError) -> None:
+        assert isinstance(ex, Job)
+        ex.held = []
+        message = error.detail
+        if error.status == 503 and message.startswith("No worker is free"):
+            message = f"No worker of {ex.service!r} is free; try again"
+        self._send(ex.ident, mdp.error_reply(ex.request, error.status, message))
+
+    def on_body_credit(self, ex: Exchange, count: int) -> None:
+        pass  # a job's frames are all in its JOB record
+
+    def _broken(self, ex: Exchange, why: str) -> None:
+        assert isinstance(ex, Job)
+        self.dispatcher.malformed.warning("Cancelled job %x: %s", ex.rid, why)
+        self.dispatcher.cancel(ex)
+        self._send(ex.ident, mdp.error_reply(ex.request, 502, why))
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.send_multipart([ident, *frames], _NOBLOCK)
+            self.delivered += 1
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the client left; Again: not reading
+            self.undelivered.warning("Dropped a reply to a job client: %s", exc)
+
+
+def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str]:
+    """(the client's address, its CURVE public key or "") from a message's metadata."""
+    if first is None:
+        return "", ""
+    try:
+        address = first.get("Peer-Address")
+    except zmq.ZMQError:
+        address = ""
+    key: Any = ""
+    if secure:
+        try:
+            key = first.get("User-Id") or ""
+        except zmq.ZMQError:
+            key = ""
+    return str(address or ""), str(key)
+
