@@ -291,13 +291,16 @@ class Peer:
 
     __slots__ = ("ident", "capacity", "window", "pid", "host", "outbox", "slots", "leaving",
                  "gone", "line", "progress", "concurrent", "failures", "ejections",
-                 "ejected_until", "probe_rid", "probed_at", "lane", "idempotent")
+                 "ejected_until", "probe_rid", "probed_at", "lane", "idempotent", "link")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str,
                  lane: Lane) -> None:
         self.ident = ident
         self.lane = lane
         self.idempotent = False  # a job pool whose jobs may all run twice
+        # a worker that speaks another protocol on another socket (an MDP worker on the job
+        # endpoint): its records go to ``link.deliver(peer, records)``, not to our ROUTER
+        self.link: Link | None = None
         self.capacity = capacity
         self.window = window
         self.pid = pid
@@ -330,6 +333,14 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"<worker {self.pid}@{self.host} {len(self.slots)}/{self.capacity}>"
+
+
+class Link(Protocol):
+    """Where the records for a foreign worker go (``Dispatcher.attach``)."""
+
+    def deliver(self, peer: Peer, records: list[bytes]) -> bool:
+        """Translate and send ``records``; False if the worker is gone (it is dropped)."""
+        ...
 
 
 class Lane:
@@ -722,6 +733,10 @@ class Dispatcher:
             peer.outbox = []
             if peer.gone:
                 continue
+            if peer.link is not None:
+                if not peer.link.deliver(peer, records):
+                    self._drop(peer, "its connection is gone")
+                continue
             try:
                 send(peer.ident, _SNDMORE | _NOBLOCK)
                 send(b"".join((_VERSION_BYTE, *records)), _NOBLOCK)
@@ -734,6 +749,11 @@ class Dispatcher:
     def _send_now(self, peer: Peer, records: list[bytes]) -> bool:
         """Send ``records`` (and whatever is pending for ``peer``) at once."""
         pending, peer.outbox = peer.outbox, []
+        if peer.link is not None:
+            if peer.link.deliver(peer, pending + records):
+                return True
+            self._drop(peer, "its connection is gone")
+            return False
         try:
             self._send(peer.ident, _SNDMORE | _NOBLOCK)
             self._send(protocol.frame(pending + records), _NOBLOCK)
@@ -976,6 +996,33 @@ class Dispatcher:
                      ready.capacity)
         self._drain_queue(peer.lane)
         return peer
+
+    # -- foreign workers ------------------------------------------------------------------
+
+    def attach(self, key: bytes, service: str, pid: int, host: str, link: Link) -> Peer:
+        """A foreign worker of ``service`` (one job at a time) joins under ``key``, a name
+        its link chose that no backend connection has; its records go to ``link``."""
+        lane = self.lanes.get(service)
+        if lane is None:
+            lane = self.lanes[service] = Lane(service)
+        peer = Peer(key, 1, 1, pid, host, lane)
+        peer.link = link
+        self.peers[key] = peer
+        lane.members += 1
+        self._list(peer)
+        log.info("Worker %s@%s connected for service %r, capacity 1", pid, host, service)
+        self._drain_queue(lane)
+        return peer
+
+    def receive(self, key: bytes, records: list[bytes]) -> None:
+        """Records from the foreign worker ``key``, as if our ROUTER had received them."""
+        self._handle(key, protocol.frame(records))
+
+    def detach(self, key: bytes, reason: str) -> None:
+        """The foreign worker ``key`` is gone: what it held fails over."""
+        peer = self.peers.get(key)
+        if peer is not None:
+            self._drop(peer, reason)
 
     def _on_bye(self, peer: Peer) -> None:
         """The worker leaves: send it nothing more, and tell it so (BYE back)."""

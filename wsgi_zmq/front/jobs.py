@@ -16,6 +16,19 @@ exchange's sink: a worker's JOB_REPLY records go back to the client in the form 
 and every failure is an error reply (``mdp.error_reply``: ``wsgi_zmq.error``, the code, the
 message), so a client always gets exactly one final answer.
 
+MDP workers written by others (MDP/0.1 ``MDPW01``, MDP/0.2 ``MDPW02``, majortomo's) connect
+here too: READY registers one as a worker of its service in the dispatcher (``attach``),
+one job at a time, beside our own job pools, and a job goes to whichever worker of its
+service is free. Its REQUEST carries the job's rid as the client address, so its REPLY (or
+PARTIAL and FINAL) comes back to the exchange and passes the dispatcher's checks. The front
+sends each one a HEARTBEAT every ``heartbeat`` seconds; an idle MDP worker silent for
+``MDP_LIVENESS`` intervals of at least ``MDP_HEARTBEAT`` seconds is dropped, a busy one
+(whose library may not beat while it works) only after ``request_timeout`` more. What it
+held fails over as with any worker. MDP has no CANCEL: a job that timed out keeps that
+worker until it replies (the reply is dropped). A READY for an ``mmi.`` service, or any
+other command from an MDP worker the front does not know, is answered DISCONNECT (RFC 7,
+RFC 8).
+
 MMI (RFC 8): ``mmi.service`` answers ``200`` when a worker of the named service is
 connected, else ``404``; any other ``mmi.`` name answers ``501``.
 
@@ -47,6 +60,11 @@ log = logging.getLogger("wsgi_zmq.error.jobs")
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 #: The most bytes of partial replies kept for a client that cannot take them one by one.
 MAX_HELD_BYTES: Final = 64 * 1024 * 1024
+#: An MDP worker is dropped after this many heartbeat intervals without a message from it.
+MDP_LIVENESS: Final = 3
+#: The shortest interval that counts, in seconds: MDP libraries beat every 2.5 s (the
+#: guide's mdwrkapi, majortomo), whatever the front's own ``heartbeat``.
+MDP_HEARTBEAT: Final = 2.5
 #: Messages taken per turn of the loop (then the loop polls everything else; see the
 #: dispatcher's ``_RECV_BATCH``).
 _RECV_BATCH: Final = 64
@@ -67,6 +85,19 @@ class Job(Exchange):
         self.request = request
         self.held: list[bytes] = []  # partial replies kept for a client without PARTIAL
         self.held_bytes = 0
+
+
+class MdpWorker:
+    """An MDP worker connected to the job endpoint, as the endpoint knows it."""
+
+    __slots__ = ("ident", "key", "version", "empty", "seen")
+
+    def __init__(self, ident: bytes, version: int, empty: bool, now: float) -> None:
+        self.ident = ident
+        self.key = b"mdp\0" + ident  # its name in the dispatcher: no backend routing id
+        self.version = version
+        self.empty = empty
+        self.seen = now
 
 
 class JobEndpoint:
@@ -97,6 +128,11 @@ class JobEndpoint:
             self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.delivered = 0
         self.closed = False
+        self.workers: dict[bytes, MdpWorker] = {}  # by routing id
+        self.liveness = MDP_LIVENESS * max(cfg.heartbeat, MDP_HEARTBEAT)
+        self.busy_liveness = self.liveness + cfg.request_timeout
+        self._beat = loop.timer(cfg.heartbeat, cfg.heartbeat)
+        self._beat.start(self._on_beat)
         self._recv = self.sock.recv
         self._watcher = loop.io(self.sock.getsockopt(zmq.FD), 1)
         self._watcher.start(self._on_readable)
@@ -104,9 +140,12 @@ class JobEndpoint:
         loop.run_callback(self._on_readable)
 
     def close(self) -> None:
+        for worker in self.workers.values():
+            self._send(worker.ident, mdp.worker_disconnect(worker.version, worker.empty))
         self.closed = True
         self._watcher.stop()
         self._more.stop()
+        self._beat.stop()
         self.sock.close(linger=0)
 
     # -- receiving ----------------------------------------------------------------------
@@ -153,8 +192,7 @@ class JobEndpoint:
             self.malformed.warning("Dropped a malformed job message: %s", exc)
             return
         if not isinstance(message, mdp.ClientRequest):
-            self.malformed.warning("Dropped an MDP worker's %s: MDP workers are not "
-                                   "served on the job endpoint yet", message.command.name)
+            self._from_worker(ident, message, first)
             return
         request = message
         service_bytes = request.service
@@ -192,6 +230,91 @@ class JobEndpoint:
         else:
             status = b"501"
         self._send(ident, mdp.mmi_reply(request, status))
+
+    # -- MDP workers ------------------------------------------------------------------------
+
+    def _from_worker(self, ident: bytes, message: mdp.WorkerMessage,
+                     first: zmq.Frame | None) -> None:
+        command = message.command
+        worker = self.workers.get(ident)
+        if worker is None:
+            if command is not mdp.WorkerCommand.READY or mdp.is_mmi(message.service):
+                if command is not mdp.WorkerCommand.DISCONNECT:
+                    self.malformed.warning("Disconnected an MDP worker that sent %s%s",
+                                           command.value, " for an mmi. service"
+                                           if command is mdp.WorkerCommand.READY else
+                                           " before READY")
+                    self._send(ident, mdp.worker_disconnect(message.version, message.empty))
+                return
+            try:
+                service = message.service.decode("utf-8")
+            except UnicodeDecodeError:
+                self._send(ident, mdp.worker_disconnect(message.version, message.empty))
+                return
+            worker = MdpWorker(ident, message.version, message.empty, self.loop.now())
+            self.workers[ident] = worker
+            address, _ = _client_of(first, False)
+            self.dispatcher.attach(worker.key, service, 0,
+                                   f"{address or 'job endpoint'} (MDP/0.{message.version})",
+                                   self)
+            return
+        worker.seen = self.loop.now()
+        if command is mdp.WorkerCommand.HEARTBEAT:
+            peer = self.dispatcher.peers.get(worker.key)
+            if peer is not None and peer.probe_rid:
+                # ejected and due for a probe: a heartbeat is its answer (MDP has no echo)
+                self.dispatcher.receive(worker.key, [protocol.encode_probe(peer.probe_rid)])
+            return
+        if command is mdp.WorkerCommand.DISCONNECT:
+            del self.workers[ident]
+            self.dispatcher.detach(worker.key, "it said DISCONNECT")
+            return
+        if command is mdp.WorkerCommand.READY:
+            self.malformed.warning("Dropped a second READY from an MDP worker")
+            return
+        if len(message.client) != 8:
+            self.malformed.warning("Dropped an MDP worker's reply for an unknown client")
+            return
+        rid = int.from_bytes(message.client, "big")
+        flags = protocol.JOB_FINAL if command is mdp.WorkerCommand.REPLY else 0
+        self.dispatcher.receive(worker.key, [protocol.encode_job_reply(
+            rid, flags, list(message.body))])
+
+    def deliver(self, peer: Any, records: list[bytes]) -> bool:
+        """The dispatcher's records for an MDP worker, in its protocol (the ``Link``)."""
+        worker = self.workers.get(peer.ident[4:])
+        if worker is None or self.closed:
+            return False
+        for kind, rid, payload in protocol.split_frame(protocol.frame(records)):
+            if kind == protocol.JOB:
+                job = protocol.decode_job(payload)
+                frames = job.frames or [b""]
+                message = mdp.worker_request((worker.version, worker.empty),
+                                             rid.to_bytes(8, "big"), frames)
+            elif kind == protocol.HEARTBEAT:
+                message = mdp.worker_heartbeat(worker.version, worker.empty)
+            elif kind == protocol.BYE:
+                message = mdp.worker_disconnect(worker.version, worker.empty)
+                self.workers.pop(worker.ident, None)
+            else:
+                continue  # CANCEL, CREDIT: MDP has none; the worker finishes, we drop it
+            if not self._send(worker.ident, message):
+                self.workers.pop(worker.ident, None)
+                return False
+        return True
+
+    def _on_beat(self) -> None:
+        """Drop the MDP workers that went silent (the dispatcher sends the heartbeats)."""
+        now = self.loop.now()
+        for worker in list(self.workers.values()):
+            peer = self.dispatcher.peers.get(worker.key)
+            limit = self.busy_liveness if peer is not None and peer.slots else self.liveness
+            if peer is None or now - worker.seen > limit:
+                del self.workers[worker.ident]
+                if peer is not None:
+                    self._send(worker.ident, mdp.worker_disconnect(worker.version,
+                                                                   worker.empty))
+                    self.dispatcher.detach(worker.key, f"silent for {now - worker.seen:.1f} s")
 
     # -- the sink -------------------------------------------------------------------------
 
@@ -259,14 +382,16 @@ class JobEndpoint:
 
     # -- sending ------------------------------------------------------------------------
 
-    def _send(self, ident: bytes, frames: list[bytes]) -> None:
+    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         if self.closed:
-            return
+            return False
         try:
             self.sock.send_multipart([ident, *frames], _NOBLOCK)
             self.delivered += 1
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the client left; Again: not reading
-            self.undelivered.warning("Dropped a reply to a job client: %s", exc)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer left; Again: not reading
+            self.undelivered.warning("Dropped a message to a job endpoint peer: %s", exc)
+            return False
 
 
 def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str]:
