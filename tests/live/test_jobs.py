@@ -213,6 +213,32 @@ def test_an_mdp_worker_killed_during_a_job(stack, tmp_path):
             stop(worker)
 
 
+def test_an_idempotent_job_goes_to_another_worker_when_its_worker_dies(stack, tmp_path):
+    """1. two MDP workers 2. a client that marks its jobs idempotent (ZMTP property
+    X-Idempotent, JobClient(idempotent=True)) sends a 3 s job 3. its worker is killed while
+    it runs 4. the job runs again on the other worker and the client gets its answer."""
+    proc, jobs, _ = broker(stack, "--heartbeat", "0.5")
+    workers = [start_mdp_worker(tmp_path, jobs, 2), start_mdp_worker(tmp_path, jobs, 2)]
+    try:
+        proc.wait_for_log(r"connected for service 'upper'", count=2)
+        results: list[object] = []
+        with JobClient(jobs, service="upper", timeout=30, retries=0,
+                       idempotent=True) as client:
+            thread = threading.Thread(target=lambda: results.append(
+                client.request([b"sleep:3", b"again"])))
+            thread.start()
+            busy = poll_until(lambda: [w for w in workers if w.said("working")], 10)[0]
+            busy.kill(signal.SIGKILL)
+            thread.join(30)
+        assert results == [[b"SLEEP:3", b"AGAIN"]]
+        [survivor] = [w for w in workers if w is not busy]
+        assert survivor.said("working")
+        proc.wait_for_log(r"Dispatching request \w+ again: its worker was lost")
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
 # -- hostile input -----------------------------------------------------------------------------
 
 HOSTILE = [

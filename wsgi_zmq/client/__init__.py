@@ -103,6 +103,10 @@ Frame = bytes | bytearray | memoryview
 Body = Frame | Sequence[Frame]
 
 
+#: The connection property (ZMTP metadata) by which a client says its jobs may run twice.
+IDEMPOTENT_PROPERTY: Final = b"X-Idempotent:1"
+
+
 class JobError(Exception):
     """The broker answered the request with a failure: ``code`` is the 3-digit status
     (404 unknown service, 500 the job raised, 501 unsupported ``mmi.`` service, 502 worker
@@ -282,7 +286,10 @@ class JobClient:
     read here, and ``ConfigError`` names a bad one. ``context`` is used but not terminated
     by ``close``; without it the client makes its own, lazily, in the first call (so a
     client made before a fork works in the child). ``green`` picks ``zmq.green``
-    (``None``: when gevent has patched ``socket``).
+    (``None``: when gevent has patched ``socket``). ``idempotent=True`` tells a wsgi_zmq
+    broker that this client's jobs may run twice: one whose worker dies is sent to another
+    worker instead of answered 502. It travels as the ZMTP property ``X-Idempotent: 1`` of
+    the client's connections (``ZMQ_METADATA``), so any MDP client can set it the same way.
 
     Not thread-safe; under gevent, safe for concurrent greenlets. ``close`` it (or use it
     as a context manager): that closes every socket, requests in flight included.
@@ -294,6 +301,7 @@ class JobClient:
     retries: int
     green: bool
     curve: CurveKeys | None
+    idempotent: bool
     _zmq: Any
     _context: zmq.Context[Any] | None
     _own_context: bool
@@ -304,7 +312,8 @@ class JobClient:
     def __init__(self, endpoint: str, *, service: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
                  curve_secret_key: str | None = None, curve_server_key: str | None = None,
-                 context: zmq.Context[Any] | None = None, green: bool | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, green: bool | None = None,
+                 idempotent: bool = False) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ConfigError(f"Bad endpoint {endpoint!r}: give TRANSPORT://ADDRESS, e.g. "
                               "tcp://127.0.0.1:5560")
@@ -313,6 +322,7 @@ class JobClient:
         self.timeout = _check_timeout(timeout)
         self.retries = _check_retries(retries)
         self.curve = load_curve_keys(curve_secret_key, curve_server_key)
+        self.idempotent = idempotent
         self.green = gevent_patched() if green is None else green
         if self.green:
             from zmq import green as zmq_green
@@ -595,6 +605,8 @@ class JobClient:
         self._sockets.add(sock)
         try:
             sock.linger = 0
+            if self.idempotent:
+                sock.setsockopt(zmq.METADATA, IDEMPOTENT_PROPERTY)
             if self.curve is not None:
                 sock.curve_serverkey = self.curve.server
                 sock.curve_publickey = self.curve.public
@@ -711,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-server-key", metavar="FILE",
                         help="the broker's public key (its NAME.key file): the link is "
                              "CurveZMQ, and --curve-secret-key is required")
+    parser.add_argument("--idempotent", action="store_true",
+                        help="the job may run twice: the broker sends it to another worker "
+                             "if its worker dies")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="do not log retries on stderr")
     parser.add_argument("--version", action="version", version=f"wsgi_zmq {__version__}")
@@ -751,7 +766,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         frames = _frames(args.payload)
         with JobClient(args.endpoint, service=args.service, timeout=args.timeout,
                        retries=args.retries, curve_secret_key=args.curve_secret_key,
-                       curve_server_key=args.curve_server_key, green=False) as client:
+                       curve_server_key=args.curve_server_key, green=False,
+                       idempotent=args.idempotent) as client:
             for reply in client.stream(frames):
                 _write(out, reply)
     except ConfigError as exc:

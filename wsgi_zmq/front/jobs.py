@@ -29,6 +29,10 @@ worker until it replies (the reply is dropped). A READY for an ``mmi.`` service,
 other command from an MDP worker the front does not know, is answered DISCONNECT (RFC 7,
 RFC 8).
 
+A client says its jobs may run twice with the ZMTP connection property ``X-Idempotent: 1``
+(``ZMQ_METADATA``; ``JobClient(idempotent=True)``); such a job whose worker dies goes to
+another worker, as does every job of a pool started with ``--job-idempotent``.
+
 MMI (RFC 8): ``mmi.service`` answers ``200`` when a worker of the named service is
 connected, else ``404``; any other ``mmi.`` name answers ``501``.
 
@@ -211,12 +215,13 @@ class JobEndpoint:
         except UnicodeDecodeError:
             self._send(ident, mdp.error_reply(request, 400, "the service name is not UTF-8"))
             return
-        address, key = _client_of(first, self.secure)
+        address, key, idempotent = _client_of(first, self.secure)
         job = Job(self.dispatcher.new_rid(), self, service, ident, request)
-        job.record = protocol.encode_job(job.rid, 0, service, address, key,
-                                         request.dialect.value, list(request.body),
-                                         self.window)
+        job.record = protocol.encode_job(job.rid, protocol.JOB_IDEMPOTENT if idempotent else 0,
+                                         service, address, key, request.dialect.value,
+                                         list(request.body), self.window)
         job.body_complete = True
+        job.replayable = idempotent
         self.dispatcher.submit(job)
 
     def _mmi(self, ident: bytes, request: mdp.ClientRequest, service: bytes) -> None:
@@ -253,7 +258,7 @@ class JobEndpoint:
                 return
             worker = MdpWorker(ident, message.version, message.empty, self.loop.now())
             self.workers[ident] = worker
-            address, _ = _client_of(first, False)
+            address = _client_of(first, False)[0]
             self.dispatcher.attach(worker.key, service, 0,
                                    f"{address or 'job endpoint'} (MDP/0.{message.version})",
                                    self)
@@ -394,10 +399,12 @@ class JobEndpoint:
             return False
 
 
-def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str]:
-    """(the client's address, its CURVE public key or "") from a message's metadata."""
+def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str, bool]:
+    """(the client's address, its CURVE public key or "", whether it says its jobs may run
+    twice) from a message's metadata: the connection's ``Peer-Address``, the ``User-Id``
+    ZAP gave it, and the ZMTP property ``X-Idempotent`` the client set (``ZMQ_METADATA``)."""
     if first is None:
-        return "", ""
+        return "", "", False
     try:
         address = first.get("Peer-Address")
     except zmq.ZMQError:
@@ -408,5 +415,9 @@ def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str]:
             key = first.get("User-Id") or ""
         except zmq.ZMQError:
             key = ""
-    return str(address or ""), str(key)
+    try:
+        idempotent = first.get("X-Idempotent") == "1"
+    except zmq.ZMQError:  # EINVAL: the client set no such property
+        idempotent = False
+    return str(address or ""), str(key), idempotent
 
