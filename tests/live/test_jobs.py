@@ -260,6 +260,15 @@ def test_hostile_messages_are_dropped_and_the_broker_serves_on(upper):
         for frames in HOSTILE * 20:
             client.send(frames)
         client.send([b"x"] * 2000)  # more frames than a job may have
+        # on the same connection, so the front has taken all of the above first; the
+        # "worker" messages were answered DISCONNECT (RFC 7), and nothing else
+        client.send(mdp02(b"upper", b"after"))
+        replies = [client.recv()]
+        while replies[-1][0] != b"MDPC02":
+            replies.append(client.recv())
+        assert replies[-1] == [b"MDPC02", b"\x03", b"upper", b"AFTER"]
+        assert all(reply == [b"MDPW02", b"\x06"] or reply == [b"", b"MDPW01", b"\x05"]
+                   for reply in replies[:-1]), replies
     assert serves(jobs)
     lines = [line for line in proc.log().splitlines() if "Dropped" in line or
              "Disconnected" in line]

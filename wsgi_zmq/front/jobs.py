@@ -27,7 +27,10 @@ sends each one a HEARTBEAT every ``heartbeat`` seconds; an idle MDP worker silen
 held fails over as with any worker. MDP has no CANCEL: a job that timed out keeps that
 worker until it replies (the reply is dropped). A READY for an ``mmi.`` service, or any
 other command from an MDP worker the front does not know, is answered DISCONNECT (RFC 7,
-RFC 8).
+RFC 8), except a HEARTBEAT, which is ignored: the worker of a front that restarted sends
+READY again once it hears no heartbeats, while a DISCONNECT would stop a majortomo worker for
+good (it does not reconnect, as RFC 18 asks). For the same reason a front that stops sends
+its MDP workers no DISCONNECT.
 
 A client says its jobs may run twice with the ZMTP connection property ``X-Idempotent: 1``
 (``ZMQ_METADATA``; ``JobClient(idempotent=True)``); such a job whose worker dies goes to
@@ -144,8 +147,8 @@ class JobEndpoint:
         loop.run_callback(self._on_readable)
 
     def close(self) -> None:
-        for worker in self.workers.values():
-            self._send(worker.ident, mdp.worker_disconnect(worker.version, worker.empty))
+        # no DISCONNECT to the MDP workers: majortomo's would stop serving for good (RFC 18
+        # asks a worker to reconnect); each notices the silence and connects again
         self.closed = True
         self._watcher.stop()
         self._more.stop()
@@ -243,6 +246,9 @@ class JobEndpoint:
         command = message.command
         worker = self.workers.get(ident)
         if worker is None:
+            if command is mdp.WorkerCommand.HEARTBEAT:
+                return  # a worker of a front that restarted: it sends READY once it sees
+                #         no heartbeats from us (a DISCONNECT would stop majortomo's)
             if command is not mdp.WorkerCommand.READY or mdp.is_mmi(message.service):
                 if command is not mdp.WorkerCommand.DISCONNECT:
                     self.malformed.warning("Disconnected an MDP worker that sent %s%s",
