@@ -1,10 +1,18 @@
 """A job function: bytes in, bytes out, no HTTP.
 
-Later versions of wsgi_zmq will serve it with::
+A handler pool serves it, as the service ``handle`` (its name; ``--service`` renames it),
+to the front whose backend it connects to::
 
-    python -m wsgi_zmq.handler --job sample_apps.job:handle
+    python -m wsgi_zmq.handler --job sample_apps.job:handle --connect tcp://127.0.0.1:5556
 
-It is an ordinary function, so it can be tried directly::
+or, front and pool together, with a job endpoint for clients::
+
+    python -m wsgi_zmq --job sample_apps.job:handle --job-bind tcp://127.0.0.1:5555
+    python -m wsgi_zmq.client --service handle tcp://127.0.0.1:5555 '{"text": "Hello"}'
+
+A payload it cannot read raises ``ValueError``: the client gets an error reply, 500
+``JSONDecodeError: ...``, and the worker serves on. It is an ordinary function, so it can be
+tried directly::
 
     >>> handle(b'{"text": "Hello"}')
     b'{"text": "HELLO", "reversed": "olleH", "length": 5}'

@@ -10,7 +10,7 @@ gevent and zmq) and reports what that import pulled in:
    ``wsgi_zmq.front`` and ``wsgi_zmq.handler`` promise in their docstrings to import zmq
    neither, and are held to it;
 3. a worker's constructor is cheap and runs before the fork: no zmq Context, no socket, no
-   signal handler until ``init_process()``.
+   signal handler until ``init_process()``, whichever runner and layer it is built from.
 """
 
 from __future__ import annotations
@@ -99,10 +99,14 @@ WORKER = """
 import gc, json, signal, sys
 import zmq
 from wsgi_zmq.config import Config
-from wsgi_zmq.handler.worker import SyncWorker
+from wsgi_zmq.handler.worker import build_worker
 
-before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
-worker = SyncWorker(Config("handler"), None, ["tcp://127.0.0.1:1"], age=1, ppid=1)
+cfg = Config("handler")
+for name, value in zip(sys.argv[1::2], sys.argv[2::2]):
+    cfg.set(name, value)
+sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGALRM)
+before = {sig: signal.getsignal(sig) for sig in sigs}
+worker = build_worker(cfg, None, ["tcp://127.0.0.1:1"], age=1, ppid=1)
 gc.collect()
 print(json.dumps({
     "contexts": sum(isinstance(o, zmq.Context) for o in gc.get_objects()),
@@ -110,14 +114,27 @@ print(json.dumps({
     "singleton": zmq.Context._instance is not None,
     "worker_context": worker.context is not None,
     "signals_changed": [sig.name for sig, h in before.items() if signal.getsignal(sig) != h],
-    "gevent": sorted(m for m in sys.modules if m.split(".")[0] == "gevent"),
+    "gevent": sorted(m for m in sys.modules if m.split(".")[0] == "gevent"
+                     or m.startswith("zmq.green")),
+    "parts": [type(worker.runner).__name__, type(worker.layer).__name__],
 }))
 """
 
 
-def test_worker_constructor_creates_no_context_socket_or_signal_handler() -> None:
-    result = run_python(WORKER)
+@pytest.mark.parametrize(("settings", "parts"), [
+    ((), ["SyncRunner", "WsgiLayer"]),
+    (("worker_class", "gevent"), ["GeventRunner", "WsgiLayer"]),
+    (("job", "apps.jobs:echo"), ["SyncRunner", "JobLayer"]),
+    (("worker_class", "gevent", "job", "apps.jobs:echo"), ["GeventRunner", "JobLayer"]),
+])
+def test_worker_constructor_creates_no_context_socket_or_signal_handler(
+        settings: tuple[str, ...], parts: list[str]) -> None:
+    """``build_worker`` picks the runner and the layer from ``worker_class`` and ``job``;
+    for each of the four, the constructor (run before the fork) creates no zmq context or
+    socket, installs no signal handler, imports neither gevent nor ``zmq.green`` and does
+    not import the app."""
+    result = run_python(WORKER, *settings)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"contexts": 0, "sockets": 0, "singleton": False,
                                          "worker_context": False, "signals_changed": [],
-                                         "gevent": []}
+                                         "gevent": [], "parts": parts}

@@ -4,6 +4,12 @@ Usage::
 
     Arbiter(cfg, app_uri="myapp:app", endpoints=["tcp://127.0.0.1:5556"]).run()
     Arbiter(cfg, app_uri="myapp:app", front=True).run()       # python -m wsgi_zmq
+    Arbiter(cfg, app_uri="jobs:resize", endpoints=[...]).run()  # cfg.job = "jobs:resize"
+
+Each worker is ``build_worker(cfg, ...)`` (``wsgi_zmq.handler.worker``): ``worker_class``
+picks how it runs requests and ``job`` whether it hosts a WSGI app or a job function; the
+arbiter treats every kind alike (``app_uri`` is what the worker loads, and names the
+processes unless ``proc_name`` is set).
 
 Signals to the master, as gunicorn operators expect:
 
@@ -321,11 +327,12 @@ class Arbiter:
         return status
 
     def load_app(self) -> Any:
-        from wsgi_zmq.handler.wsgi import import_app
+        """Import the app (or the job function) here, for ``preload_app``."""
+        from wsgi_zmq.handler.worker import layer_class
 
         try:
             assert self.app_uri is not None
-            return import_app(self.app_uri)
+            return layer_class(self.cfg).load(self.app_uri)
         except AppImportError as exc:
             log.error("%s", exc)
             log.debug("Traceback of the import failure", exc_info=exc.__cause__)
@@ -589,15 +596,11 @@ class Arbiter:
     # -- forking ------------------------------------------------------------------------
 
     def spawn_worker(self, reload: int = 0) -> None:
-        worker_class: Any
-        if self.cfg.worker_class == "gevent":
-            from wsgi_zmq.handler.green import GeventWorker as worker_class
-        else:
-            from wsgi_zmq.handler.worker import SyncWorker as worker_class
+        from wsgi_zmq.handler.worker import build_worker
 
         self.worker_age += 1
         endpoints = self.front_endpoints if self.with_front else self.endpoints
-        worker = worker_class(self.cfg, self.app, endpoints, self.worker_age, self.pid)
+        worker = build_worker(self.cfg, self.app, endpoints, self.worker_age, self.pid)
         worker.tmp = WorkerTmp(self.cfg)
         self.call_hook("pre_fork", self, worker)
         pid = os.fork()
@@ -620,11 +623,8 @@ class Arbiter:
         self.call_hook("post_fork", self, worker)
         worker.prepare()
         try:
-            if worker.app is None:
-                from wsgi_zmq.handler.wsgi import import_app
-
-                assert self.app_uri is not None
-                worker.app = import_app(self.app_uri)
+            assert self.app_uri is not None
+            worker.load(self.app_uri)
         except AppImportError as exc:
             log.error("%s", exc)
             log.debug("Traceback of the import failure", exc_info=exc.__cause__)

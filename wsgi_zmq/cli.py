@@ -2,9 +2,12 @@
 
 ``python -m wsgi_zmq APP`` (``main_all``), ``python -m wsgi_zmq.front`` (``main_front``) and
 ``python -m wsgi_zmq.handler APP`` (``main_handler``) each offer exactly the settings whose
-``roles`` name them, grouped by section. Values are applied in this order, each overriding
-the one before: the defaults, the config file (``-c FILE``), the environment variable
-``WSGI_ZMQ_CMD_ARGS`` (parsed like a command line), the command line.
+``roles`` name them, grouped by section. A handler pool (alone or all-in-one) hosts either
+a WSGI app (``APP``) or a job function (``--job MODULE:FUNC``, no ``APP``).
+
+Values are applied in this order, each overriding the one before: the defaults, the config
+file (``-c FILE``), the environment variable ``WSGI_ZMQ_CMD_ARGS`` (parsed like a command
+line), the command line.
 
 Exit codes (``wsgi_zmq.errors``): 0 stopped on request, 1 failed at run time, 2 bad
 configuration (one line on stderr names the problem), 3 a worker failed to boot.
@@ -33,7 +36,8 @@ ENV_ARGS = "WSGI_ZMQ_CMD_ARGS"
 PROGRAMS = {
     "all": ("python -m wsgi_zmq", "Run an HTTP front and a handler pool for APP together."),
     "front": ("python -m wsgi_zmq.front", "Run the HTTP front and broker alone."),
-    "handler": ("python -m wsgi_zmq.handler", "Run a pool of handler workers for APP."),
+    "handler": ("python -m wsgi_zmq.handler",
+                "Run a pool of handler workers for APP, or for a job function (--job)."),
 }
 
 
@@ -163,14 +167,16 @@ def _prepare(role: str, argv: list[str] | None) -> Config:
 
 
 def _check_app(cfg: Config) -> str:
-    """The app URI, imported once here when ``--check-config`` asks for it."""
-    uri = cfg.wsgi_app
+    """The URI of the app, or of the job function (``job``), imported once here when
+    ``--check-config`` asks for it (a job function's signature is checked too)."""
+    uri = cfg.job or cfg.wsgi_app
     if not uri:
-        _fail("No application given: pass MODULE:CALLABLE or set wsgi_app in the config file")
+        _fail("No application given: pass MODULE:CALLABLE (or --job MODULE:FUNC), or set "
+              "wsgi_app (or job) in the config file")
     if cfg.check_config:
-        from wsgi_zmq.handler.wsgi import import_app
+        from wsgi_zmq.handler.worker import layer_class
         try:
-            import_app(uri)
+            layer_class(cfg).load(uri)
         except ConfigError as exc:
             wlog.get_logger("config").debug("Traceback", exc_info=exc.__cause__)
             _fail(str(exc))
@@ -204,7 +210,7 @@ def main_front(argv: list[str] | None = None) -> NoReturn:
 
 
 def main_handler(argv: list[str] | None = None) -> NoReturn:
-    """``python -m wsgi_zmq.handler APP``"""
+    """``python -m wsgi_zmq.handler APP`` or ``python -m wsgi_zmq.handler --job MODULE:FUNC``"""
     cfg = _prepare("handler", argv)
     _check_keys(cfg)
     uri = _check_app(cfg)
@@ -218,7 +224,7 @@ def main_handler(argv: list[str] | None = None) -> NoReturn:
 
 
 def main_all(argv: list[str] | None = None) -> NoReturn:
-    """``python -m wsgi_zmq APP``"""
+    """``python -m wsgi_zmq APP`` or ``python -m wsgi_zmq --job MODULE:FUNC``"""
     cfg = _prepare("all", argv)
     _check_keys(cfg)
     uri = _check_app(cfg)

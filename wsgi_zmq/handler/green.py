@@ -1,24 +1,25 @@
-"""The gevent worker (``-k gevent``): up to ``worker_connections`` requests at once.
+"""The gevent runner (``-k gevent``): up to ``worker_connections`` requests at once.
 
 For apps that spend their time waiting on I/O (databases, other HTTP services): the worker
 patches the standard library with ``gevent.monkey.patch_all()`` before the app is imported,
-announces ``worker_connections`` as its capacity, and serves each request in a greenlet of
-its own, so a request waiting on a socket lets the others run.
+announces ``worker_connections`` as its capacity (and READY_CONCURRENT), and serves each
+request in a greenlet of its own, so a request waiting on a socket lets the others run.
 
-Everything else is the sync worker's (``SyncWorker``): the protocol, flow control, hooks,
-the access log, draining on TERM, recycling, the timeout. The differences:
+The protocol, flow control, hooks, the access log, draining on TERM, recycling and the
+timeout are the worker core's (``wsgi_zmq.handler.worker``). What this runner decides:
 
-- one greenlet per front reads its socket (``zmq.green``) and its connection monitor;
+- one greenlet per front reads its socket (``zmq.green``) and one its connection monitor;
 - a request's greenlet waits for body or credit on its own ``Event``, woken when a record
   for it arrives;
 - replies finished in one loop iteration leave as one frame per front, flushed by a loop
   callback at the end of the iteration (the front's batching, mirrored);
 - there is no handing back of queued requests (none wait behind another);
+- signals are handled in the hub: a handler sets a flag and wakes the main greenlet;
 - a worker past ``timeout`` is one whose loop is blocked (a greenlet that never yields):
-  SIGABRT answers 504 for every request it runs.
+  SIGABRT answers 504 for every request it runs and exits at once.
 
-This module does not import gevent at import time: the arbiter may build the worker object
-before it forks, and the master never imports gevent.
+This module does not import gevent at import time: the arbiter builds the worker before it
+forks, and the master never imports gevent.
 """
 
 from __future__ import annotations
@@ -28,22 +29,20 @@ import os
 import signal
 from typing import Any
 
-from wsgi_zmq import protocol
-from wsgi_zmq.handler.worker import Front, Request, SyncWorker
+from wsgi_zmq.handler.worker import Front, Request, Worker
+from wsgi_zmq.protocol import END_ABORT
 
 log = logging.getLogger("wsgi_zmq.error.worker")
 
 
-class GeventWorker(SyncWorker):
+class GeventRunner:
     """Serves up to ``worker_connections`` requests at once; see the module docstring."""
 
-    kind = "gevent"
     concurrent = True  # no request waits behind another: the front's stall rule is off
 
-    def __init__(self, cfg: Any, app: Any, endpoints: list[str], age: int = 0,
-                 ppid: int = 0) -> None:
-        super().__init__(cfg, app, endpoints, age, ppid)
-        self.capacity = cfg.worker_connections
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.capacity: int = worker.cfg.worker_connections
         self.active: set[Request] = set()
         self.pool: Any = None
         self.wakeup: Any = None
@@ -51,82 +50,86 @@ class GeventWorker(SyncWorker):
         self._dirty: set[Front] = set()
         self._flush_scheduled = False
 
-    @property
-    def zmq_module(self) -> Any:
-        import zmq.green
-
-        return zmq.green
-
-    def prepare(self) -> None:
+    def prepare(self) -> Any:
         """Patch the standard library before the app is imported, as gunicorn's gevent
         worker does: the app's sockets, sleeps and locks then yield to other requests."""
         from gevent import monkey
 
         monkey.patch_all()
+        import zmq.green
+
+        return zmq.green
 
     def init_process(self) -> None:
+        """The greenlet pool, the main greenlet's wake-up, and the signal handlers: in a
+        gevent process signals are handled in the hub (set a flag, wake the loop); SIGABRT
+        is a plain handler, since the loop it must interrupt is the stuck one."""
         import gevent
         import gevent.event
         import gevent.pool
 
-        super().init_process()
         self.pool = gevent.pool.Pool(self.capacity)
         self.wakeup = gevent.event.Event()
-        # in a gevent process, signals are handled in the hub: set a flag, wake the loop
+        signal.signal(signal.SIGABRT, self._on_abort)
         gevent.signal_handler(signal.SIGTERM, self._on_term)
         gevent.signal_handler(signal.SIGINT, self._on_quit)
         gevent.signal_handler(signal.SIGQUIT, self._on_quit)
         gevent.signal_handler(signal.SIGUSR1, self._on_usr1)
 
     def _on_term(self) -> None:
-        self.alive = False
+        self.worker.handle_term()
         self.wakeup.set()
 
     def _on_quit(self) -> None:
-        self.alive = False
         self.quit_now = True
-        self.call_hook("worker_int", self)
+        self.worker.handle_quit()
         self.wakeup.set()
 
     def _on_usr1(self) -> None:
-        self.reopen_logs = True
+        self.worker.handle_usr1()
         self.wakeup.set()
 
+    def _on_abort(self, signum: int, frame: Any) -> None:
+        """SIGABRT: the loop is stuck. Answer every running request 504, say BYE, exit now
+        (no unwinding: the hub cannot be trusted)."""
+        self.worker.handle_abort()
+        self.worker.close()
+        os._exit(1)
+
+    # -- the loop -----------------------------------------------------------------------
+
     def run(self) -> None:
+        """Start the readers; the main greenlet sleeps on ``wakeup`` between turns."""
         import gevent
 
-        helpers = [gevent.spawn(self._read, front) for front in self.fronts]
-        helpers += [gevent.spawn(self._watch, front) for front in self.fronts]
+        worker = self.worker
+        helpers = [gevent.spawn(self._read, front) for front in worker.fronts]
+        helpers += [gevent.spawn(self._watch, front) for front in worker.fronts]
         try:
-            while not self.quit_now:
-                if not self.alive and not self.leaving:
-                    self.start_leaving()
-                if self.leaving and self.has_left():
-                    break
-                if not self.housekeeping():
-                    break
-                self.wakeup.wait(self.idle_wait)
+            while not self.quit_now and worker.turn():
+                self.wakeup.wait(worker.idle_wait)
                 self.wakeup.clear()
         finally:
             gevent.killall(helpers)
             if self.quit_now:
                 self.pool.kill()
             self.flush_all()
-            self.close()
 
     def _read(self, front: Front) -> None:
         recv = front.sock.recv
+        handle_frame = self.worker.handle_frame
         while True:
-            self._handle(front, recv())
-            self.flush_later(front)  # credits and acknowledgements go out this iteration
+            handle_frame(front, recv())
+            self.flush(front)  # credits and acknowledgements go out this iteration
 
     def _watch(self, front: Front) -> None:
         while True:
-            self.on_monitor_event(front, front.monitor.recv_multipart())
+            self.worker.on_monitor_event(front, front.monitor.recv_multipart())
 
     # -- requests -----------------------------------------------------------------------
 
     def accept(self, req: Request) -> None:
+        """Serve it in a greenlet of its own, now."""
         import gevent.event
 
         req.event = gevent.event.Event()
@@ -134,63 +137,48 @@ class GeventWorker(SyncWorker):
         self.pool.spawn(self._serve, req)
 
     def _serve(self, req: Request) -> None:
+        worker = self.worker
         try:
             if req.cancelled:
-                req.end(protocol.END_ABORT, b"")
+                req.end(END_ABORT, b"")
             else:
-                self.handle(req)
+                worker.layer.handle(req)
         except Exception:
-            log.exception("Worker %d: unexpected error serving a request", self.pid)
+            log.exception("Worker %d: unexpected error serving a request", worker.pid)
             if not req.finished:
-                req.end(protocol.END_ABORT, b"")
+                req.end(END_ABORT, b"")
         finally:
             self.active.discard(req)
-            self.flush_later(req.front)
-            if self.max_requests and self.served >= self.max_requests and self.alive:
-                log.info("Worker %d served %d requests (max_requests): recycling", self.pid,
-                         self.served)
-                self.alive = False
+            self.flush(req.front)
+            if worker.served >= worker.recycle_at and worker.alive:
+                worker.recycle()
                 self.wakeup.set()
-            if self.leaving:
+            if worker.leaving:
                 self.wakeup.set()
-
-    def enter_app(self, req: Request, now: float) -> None:
-        pass  # several requests run at once: no single current one, no SIGALRM
-
-    def leave_app(self, req: Request) -> None:
-        pass
 
     def block(self, req: Request) -> None:
+        """Flush, then wait on the request's own event (set when a record for it comes)."""
         self.flush_all()
-        req.event.wait(self.idle_wait)
+        req.event.wait(self.worker.idle_wait)
         req.event.clear()
-        self.notify()
+        self.worker.notify()
 
     def busy(self) -> bool:
+        """Are greenlets serving requests?"""
         return bool(self.active)
 
     def busy_share(self, elapsed: float) -> float:
-        return len(self.active) / self.capacity  # the share of greenlet slots in use
+        """The share of greenlet slots in use now."""
+        return len(self.active) / self.capacity
 
-    def stuck_requests(self) -> list[Request]:
+    def stuck(self) -> list[Request]:
+        """Every request a greenlet is serving (the whole loop is stuck)."""
         return [req for req in self.active if not req.finished]
-
-    def handle_abort(self, signum: int, frame: Any) -> None:
-        """SIGABRT: the loop is stuck. Answer every running request 504, say BYE, exit."""
-        try:
-            super().handle_abort(signum, frame)
-        except SystemExit:
-            pass
-        self.close()
-        os._exit(1)
 
     # -- output -------------------------------------------------------------------------
 
     def flush(self, front: Front) -> None:
         """Send at the end of this loop iteration, with whatever else is due."""
-        self.flush_later(front)
-
-    def flush_later(self, front: Front) -> None:
         if not front.outbox:
             return
         self._dirty.add(front)
@@ -204,9 +192,15 @@ class GeventWorker(SyncWorker):
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
         for front in dirty:
-            SyncWorker.flush(self, front)
+            self._send_now(front)
+
+    def _send_now(self, front: Front) -> None:
+        if front.outbox:
+            records = front.outbox
+            front.outbox = []
+            self.worker.send(front, records)
 
     def flush_all(self) -> None:
         self._dirty.clear()
-        for front in self.fronts:
-            SyncWorker.flush(self, front)
+        for front in self.worker.fronts:
+            self._send_now(front)

@@ -1,9 +1,14 @@
-"""Run one WSGI request: call the app, frame its response, stream it through a channel.
+"""The WSGI layer of a worker: one REQUEST record through a PEP 3333 app.
+
+``WsgiLayer`` is the layer (``wsgi_zmq.handler.worker.Layer``) of a worker that hosts a
+WSGI app: for each request it builds the environ (``handler/environ.py``), runs the
+``pre_request``/``post_request`` hooks, calls ``serve_request`` between the worker's
+``enter_app`` and ``leave_app``, and writes the access line. ``HttpRequest`` is its
+exchange: the ``channel`` through which ``serve_request`` moves records.
 
 ``serve_request(app, environ, req, channel, chunk_size, server_header)`` is the whole PEP
-3333 server side of one request for every worker class. The worker supplies ``channel``,
-which moves records (the sync worker blocks on its sockets, the gevent worker on greenlet
-events):
+3333 server side of one request. The channel moves records (the sync runner blocks on its
+sockets, the gevent runner on greenlet events):
 
     channel.respond(flags, head, body, final)   one RESPONSE record
     channel.send_chunk(data) -> bool            one CHUNK under credit; False if cancelled
@@ -38,19 +43,28 @@ What the client gets:
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
 import time
 from email.utils import formatdate
 from typing import Any, Final
 
-from wsgi_zmq import protocol
-from wsgi_zmq.errors import AppImportError, ClientDisconnected, server_line
+from wsgi_zmq import __version__, protocol
+from wsgi_zmq.errors import AppImportError, ClientDisconnected, ProtocolError, server_line
+from wsgi_zmq.handler.environ import build_environ
+from wsgi_zmq.handler.worker import Request, Worker
 from wsgi_zmq.protocol import (
+    CHUNK,
     END_ABORT,
     END_CLOSE,
+    REQ_BODY_COMPLETE,
     REQ_CLOSE_IF_UNREAD,
+    REQ_EXPECT,
     REQ_KEEP_ALIVE,
     REQ_RAW,
+    REQ_REPLAYABLE,
+    REQUEST,
     RESP_CLOSE,
     RESP_END,
 )
@@ -528,6 +542,174 @@ def _send_error(responder: Responder, channel: Any) -> None:
     responder.headers = [("Content-Type", "text/plain; charset=utf-8"),
                          ("Content-Length", str(len(_ERROR_BODY)))]
     responder.sent = len(_ERROR_BODY)
+
+
+# -- the layer ----------------------------------------------------------------------------
+
+class HttpRequest(Request):
+    """One HTTP exchange; the ``channel`` of ``serve_request`` (see the module docstring)."""
+
+    __slots__ = ()
+
+    def can_hand_back(self) -> bool:
+        """Yes while the app has not started it and all the front sent is the REQUEST
+        record: its whole body was inside, or the front waits for our CREDIT
+        (REQ_EXPECT) before it sends the rest."""
+        return not self.granted and bool(self.payload[0] & (REQ_BODY_COMPLETE | REQ_EXPECT))
+
+    def replayable(self) -> bool:
+        """The front says so (REQ_REPLAYABLE: an idempotent method, its whole body here)."""
+        return bool(self.payload[0] & REQ_REPLAYABLE)
+
+    def respond(self, flags: int, head: bytes, body: bytes, final: bool) -> None:
+        worker = self.worker
+        worker.quiet += 1
+        try:
+            self._post(protocol.encode_response(self.rid, flags, head, body))
+            if final:
+                self._final()
+            else:
+                self.credit = self.window
+                worker.flush(self.front)  # PEP 3333: a block is never delayed
+        finally:
+            worker.quiet -= 1
+
+    def send_chunk(self, data: bytes) -> bool:
+        return self.send_under_credit(protocol.data_head(CHUNK, self.rid, len(data)), data)
+
+    def read_body(self) -> bytes:
+        worker = self.worker
+        worker.quiet += 1
+        try:
+            if not self.granted:
+                self.granted = True
+                if self.payload and self.payload[0] & REQ_EXPECT:
+                    self._post(protocol.encode_credit(self.rid, worker.cfg.window))
+            while not self.body:
+                if self.body_done:
+                    return b""
+                if self.cancelled:
+                    raise ClientDisconnected("the client went away before sending the whole "
+                                             "body")
+                self._grant()
+                worker.flush(self.front)
+                worker.block(self)
+            self.consumed += 1
+            if self.consumed >= max(1, worker.cfg.window // 2):
+                self._grant()
+                worker.flush(self.front)  # at once: the front reads the client only on credit
+            return self.body.popleft()
+        finally:
+            worker.quiet -= 1
+
+    def _grant(self) -> None:
+        if self.consumed > 0:
+            self._post(protocol.encode_credit(self.rid, self.consumed))
+            self.consumed = 0
+
+
+class WsgiLayer:
+    """The layer of a worker that hosts a WSGI app; see the module docstring."""
+
+    request_kind = REQUEST
+    request_class: type[Request] = HttpRequest
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app: Any = None
+        self.base_environ: dict[str, Any] = {}
+        self.chunk_size = 0
+        self.server_header = ""
+
+    @staticmethod
+    def load(uri: str) -> Any:
+        """The WSGI app ``uri`` (``import_app``)."""
+        return import_app(uri)
+
+    def setup(self) -> None:
+        """The environ keys every request shares, and the settings read per request."""
+        cfg = self.worker.cfg
+        self.app = self.worker.app
+        self.chunk_size = cfg.chunk_size
+        self.server_header = cfg.server_header
+        self.base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.errors": sys.stderr,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": f"wsgi_zmq/{__version__}",
+        }
+
+    def ready(self) -> tuple[int, str]:
+        """An HTTP worker: no flags of its own, no service."""
+        return 0, ""
+
+    def handle(self, req: Request) -> None:
+        """Run the app for one request (see ``Layer.handle``)."""
+        worker = self.worker
+        try:
+            head = protocol.decode_request(req.payload)
+        except (ProtocolError, ValueError, IndexError) as exc:
+            log.warning("Dropped a malformed REQUEST from %s: %s", req.front.endpoint, exc)
+            req.error(502, "malformed request record")
+            return
+        environ = build_environ(head, self.base_environ)
+        req.window = head.window
+        if head.flags & REQ_BODY_COMPLETE:
+            environ["wsgi.input"] = io.BytesIO(head.body)
+            req.body_done = True
+        else:
+            if head.body:
+                req.body.appendleft(head.body)
+                req.consumed = -1  # the piece inside REQUEST took no credit: grant none
+            environ["wsgi.input"] = BodyInput(req)
+        worker.served += 1
+        hook_req = None
+        if worker.pre_request is not None:
+            hook_req = HookRequest(head)
+            try:
+                worker.pre_request(worker, hook_req)
+            except Exception:
+                log.exception("Exception in the pre_request hook")
+        started = time.monotonic()
+        worker.enter_app(req, started)
+        try:
+            resp = serve_request(self.app, environ, head, req, self.chunk_size,
+                                 self.server_header)
+        finally:
+            worker.leave_app(req)
+        if not req.finished:
+            req.end(END_ABORT, b"")
+        if worker.post_request is not None:
+            try:
+                worker.post_request(worker, hook_req or HookRequest(head), environ, resp)
+            except Exception:
+                log.exception("Exception in the post_request hook")
+        if worker.access is not None:
+            duration = time.monotonic() - started
+            worker.access.write(environ, resp.status or "-", resp.headers, resp.sent,
+                                time.time() - duration, duration, head.queue_us / 1000)
+
+
+class HookRequest:
+    """The request as ``pre_request`` and ``post_request`` hooks see it, with the attributes
+    of gunicorn's request that such hooks use."""
+
+    __slots__ = ("method", "uri", "path", "query", "version", "headers")
+
+    def __init__(self, head: protocol.RequestHead) -> None:
+        self.method = head.method
+        self.uri = head.target
+        path, _, self.query = head.target.partition("?")
+        self.path = path
+        self.version = head.version
+        names = head.headers[0::2]
+        self.headers = [(name.upper(), value) for name, value in zip(names, head.headers[1::2],
+                                                                    strict=True)]
 
 
 def import_app(uri: str) -> Any:
