@@ -1272,8 +1272,9 @@ def serve(cfg: Any, listeners: list[socket.socket] | None = None,
         log.error("%s", exc)
         return EXIT_CONFIG
     except zmq.ZMQError as exc:
-        endpoints = ",".join([*cfg.backend, *cfg.job_bind])
-        log.error("Cannot bind the backend or job endpoint %s: %s", endpoints, exc)
+        what = "backend or job endpoint" if cfg.job_bind else "backend"
+        log.error("Cannot bind the %s %s: %s", what, ",".join([*cfg.backend, *cfg.job_bind]),
+                  exc)
         return EXIT_CONFIG
     try:
         set_owner(cfg)  # after binding: ports below 1024 need the privilege, serving not
