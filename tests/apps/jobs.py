@@ -116,3 +116,26 @@ async def coroutine(payload: bytes) -> bytes:
 
 
 NOT_CALLABLE = b"a constant"
+
+
+def slow_pid(payload: bytes) -> bytes:
+    """``{"seconds": S, "mark": PATH}``: write this worker's pid to PATH, sleep S seconds,
+    return ``b"done by PID"`` (the pid of the worker that finished it)."""
+    spec = json.loads(payload)
+    Path(spec["mark"]).write_text(str(os.getpid()))
+    time.sleep(spec["seconds"])
+    return b"done by %d" % os.getpid()
+
+
+def slow_once(payload: bytes) -> bytes:
+    """``{"seconds": S, "mark": PATH}``: the first call (PATH does not exist yet) creates
+    PATH and sleeps S seconds; later calls answer at once. Returns ``b"attempt N"``."""
+    spec = json.loads(payload)
+    mark = Path(spec["mark"])
+    try:
+        with open(mark, "x") as first:
+            first.write("1")
+    except FileExistsError:
+        return b"attempt 2"
+    time.sleep(spec["seconds"])
+    return b"attempt 1"

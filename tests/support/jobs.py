@@ -44,6 +44,7 @@ while True:
                 print("working", flush=True)
                 time.sleep(float(body[0][6:]))
             sock.send_multipart(head + reply + [client, b""] + [f.upper() for f in body])
+            print("served", flush=True)
             sent = time.monotonic()
         elif command == bytes([beat[0] + 1]):  # DISCONNECT
             print("disconnected", flush=True)

@@ -1,0 +1,195 @@
+"""Our job pools behind a real front: every client form, several services with HTTP, an MDP
+worker of others beside a pool, workers killed mid-job, a raising function, retries.
+
+Everything is a real process: ``python -m wsgi_zmq.front --job-bind``, ``python -m
+wsgi_zmq.handler --job apps.jobs:NAME``, MDP workers in plain pyzmq, clients in plain pyzmq,
+majortomo and ``wsgi_zmq.client``. Processes are stopped by their PIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+import zmq
+
+from support import exchange, get, poll_until
+from support.jobs import Client, broker, is_error, mdp02, start_mdp_worker, stop
+from wsgi_zmq.client import JobClient, JobError
+
+
+def pool(stack, backend: str, function: str, *args: str, workers: int = 1):
+    """A job pool of ``apps.jobs:FUNCTION``; returns it once the broker saw its workers."""
+    return stack.start(["wsgi_zmq.handler", "--job", f"apps.jobs:{function}", "--connect",
+                        backend, "--workers", str(workers), *args], f"pool-{function}")
+
+
+@pytest.fixture
+def echo(stack):
+    """A broker with ``--default-service echo`` and a pool of two ``echo`` workers."""
+    proc, jobs, backend = broker(stack, "--default-service", "echo")
+    handler = pool(stack, backend, "echo", workers=2)
+    proc.wait_for_log(r"connected for service 'echo'", count=2)
+    return proc, jobs, handler
+
+
+def test_every_client_form_against_a_pool(echo):
+    """MDP/0.1 over REQ, MDP/0.2 over DEALER (with and without the empty frame), a bare
+    payload over REQ, majortomo's client and ours: each gets the pool's answer in its form."""
+    _, jobs, _ = echo
+    with Client(jobs, zmq.REQ) as client:
+        assert client.call([b"MDPC01", b"echo", b"one"]) == [b"MDPC01", b"echo", b"one"]
+        assert client.call([b"bare"]) == [b"bare"]
+    with Client(jobs) as client:
+        assert client.call(mdp02(b"echo", b"two")) == [b"MDPC02", b"\x03", b"echo", b"two"]
+        assert client.call([b"", *mdp02(b"echo", b"3")]) == [b"", b"MDPC02", b"\x03", b"echo",
+                                                             b"3"]
+    majortomo = pytest.importorskip("majortomo")
+    theirs = majortomo.Client(jobs)
+    theirs.connect()
+    try:
+        theirs.send(b"echo", b"four")
+        assert theirs.recv_all_as_list(timeout=10) == [b"four"]
+    finally:
+        theirs.close()
+    with JobClient(jobs, service="echo", timeout=10, retries=0) as ours:
+        assert ours.call(b"five") == b"five"
+        assert ours.map([b"%d" % i for i in range(50)]) == [[b"%d" % i] for i in range(50)]
+
+
+def test_several_services_and_http_on_one_front(stack):
+    """1. a front with an HTTP bind and a job endpoint 2. an HTTP pool and two job pools
+    (``echo``, ``swap``) 3. each answers its own traffic, none gets the others'."""
+    front = stack.start(["wsgi_zmq.front", "--bind", "127.0.0.1:0", "--job-bind",
+                         "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"], "front")
+    port = int(front.wait_for_log(r"Listening at: http://[\d.]+:(\d+)").group(1))
+    jobs = front.wait_for_log(r"Jobs at: (\S+) \(").group(1)
+    backend = front.wait_for_log(r"Backend at: (\S+)").group(1)
+    stack.handler("apps.echo:router", backend)
+    pool(stack, backend, "echo")
+    pool(stack, backend, "swap")
+    front.wait_for_log(r"Worker \d+@\S+ connected, capacity")
+    front.wait_for_log(r"connected for service 'echo'")
+    front.wait_for_log(r"connected for service 'swap'")
+    [response], _ = exchange(port, get("/"))
+    assert response.status == 200
+    with JobClient(jobs, timeout=10, retries=0) as client:
+        assert client.request([b"ab", b"cd"], service="swap") == [b"dc", b"ba"]
+        assert client.request([b"x"], service="echo") == [b"x"]
+        assert client.has_service("swap") and not client.has_service("http")
+    [response], _ = exchange(port, get("/again"))
+    assert response.status == 200
+
+
+def test_an_mdp_worker_of_others_serves_beside_a_pool(stack, tmp_path):
+    """1. a pool of ``mutable`` (the payload upper-cased) registered as ``upper`` 2. an
+    RFC 18 worker written in plain pyzmq registers ``upper`` too 3. 16 clients send 20 jobs
+    each: all answered right, and both kinds of worker served some."""
+    proc, jobs, backend = broker(stack)
+    pool(stack, backend, "mutable", "--service", "upper", "--capacity", "1")
+    theirs = start_mdp_worker(tmp_path, jobs, 2, "upper")
+    try:
+        proc.wait_for_log(r"connected for service 'upper'", count=2)
+        failures: list[str] = []
+
+        def run(n: int) -> None:
+            with Client(jobs) as client:
+                for i in range(20):
+                    body = f"client {n} job {i}".encode()
+                    if client.call(mdp02(b"upper", body), 30)[-1] != body.upper():
+                        failures.append(body.decode())
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures
+        served_by_theirs = theirs.log_path.read_text().count("served")
+        assert 0 < served_by_theirs < 320, served_by_theirs
+    finally:
+        stop(theirs)
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_pool_worker_killed_during_a_job(stack, tmp_path, idempotent):
+    """1. a pool of two workers (``--job-idempotent`` or not) 2. a 3 s job 3. the worker
+    running it is killed with SIGKILL 4. idempotent: the job runs again on the other worker
+    and the client gets its answer; otherwise the client gets error 502 at once 5. either
+    way no hang, and the pool serves on (the master replaces the worker)."""
+    proc, jobs, backend = broker(stack)
+    extra = ("--job-idempotent",) if idempotent else ()
+    pool(stack, backend, "slow_pid", "--service", "slow", *extra, workers=2)
+    proc.wait_for_log(r"connected for service 'slow'", count=2)
+    mark = tmp_path / "pid"
+    results: list[object] = []
+    with JobClient(jobs, service="slow", timeout=30, retries=0) as client:
+        def ask() -> None:
+            try:
+                results.append(client.call(json.dumps({"seconds": 3, "mark": str(mark)})
+                                           .encode()))
+            except JobError as exc:
+                results.append(exc)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        victim = int(poll_until(lambda: mark.exists() and mark.read_text(), 10))
+        os.kill(victim, signal.SIGKILL)
+        thread.join(30)
+    [result] = results
+    if idempotent:
+        assert isinstance(result, bytes) and result.startswith(b"done by ")
+        assert int(result.split()[-1]) != victim
+    else:
+        assert isinstance(result, JobError) and result.code == 502, result
+    proc.wait_for_log(r"connected for service 'slow'", count=3)  # the replacement
+    with JobClient(jobs, service="slow", timeout=30, retries=0) as client:
+        mark.unlink()
+        assert client.call(json.dumps({"seconds": 0, "mark": str(mark)}).encode()) \
+            .startswith(b"done by ")
+
+
+def test_a_raising_function_gets_an_error_reply_and_the_worker_serves_on(stack):
+    proc, jobs, backend = broker(stack)
+    pool(stack, backend, "picky")
+    proc.wait_for_log(r"connected for service 'picky'")
+    with Client(jobs) as client:
+        reply = client.call(mdp02(b"picky", b"raise it"))
+        assert is_error(reply, 500) and reply[-1] == b"ValueError: no good"
+        assert client.call(mdp02(b"picky", b"fine"))[-1] == b"fine"
+    with JobClient(jobs, service="picky", timeout=10, retries=0) as ours:
+        with pytest.raises(JobError) as caught:
+            ours.call(b"raise")
+        assert (caught.value.code, caught.value.message) == (500, "ValueError: no good")
+        assert ours.call(b"still") == b"still"
+    assert "Traceback" not in proc.log()  # the app's traceback is in the pool's log only
+
+
+def test_a_client_that_times_out_retries_on_a_fresh_socket(stack, tmp_path):
+    """1. a pool of two workers 2. the first attempt takes 3 s, longer than the client's
+    1 s timeout 3. the client retries on a new socket; the other worker answers at once."""
+    proc, jobs, backend = broker(stack)
+    pool(stack, backend, "slow_once", workers=2)
+    proc.wait_for_log(r"connected for service 'slow_once'", count=2)
+    spec = json.dumps({"seconds": 3, "mark": str(tmp_path / "first")}).encode()
+    with JobClient(jobs, service="slow_once", timeout=1, retries=2) as client:
+        assert client.call(spec) == b"attempt 2"
+
+
+def test_pools_scale_with_ttin_and_drain_with_term(stack):
+    """1. a pool of one worker 2. TTIN: a second connects 3. TERM: both leave gracefully,
+    the broker sees them go, and a job asked after waits, then gets 503 naming the service."""
+    proc, jobs, backend = broker(stack, "--queue-timeout", "1")
+    handler = pool(stack, backend, "echo")
+    proc.wait_for_log(r"connected for service 'echo'")
+    handler.send_signal(signal.SIGTTIN)
+    proc.wait_for_log(r"connected for service 'echo'", count=2)
+    handler.send_signal(signal.SIGTERM)
+    assert handler.wait(30) == 0
+    proc.wait_for_log(r"leaves", count=2)
+    with Client(jobs) as client:
+        reply = client.call(mdp02(b"echo", b"anyone?"), timeout=10)
+    assert is_error(reply, 503) and b"'echo'" in reply[-1]
