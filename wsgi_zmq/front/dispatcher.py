@@ -477,7 +477,8 @@ class Dispatcher:
     def _new_lane(self, service: str) -> Lane | None:
         """A new lane for a request for ``service``, which no worker serves; none while
         ``MAX_EMPTY_LANES`` lanes have no worker."""
-        if sum(not lane.members for lane in self.lanes.values()) > MAX_EMPTY_LANES:
+        if sum(1 for lane in self.lanes.values() if lane.service and not lane.members) >= \
+                MAX_EMPTY_LANES:
             return None
         lane = self.lanes[service] = Lane(service)
         return lane
@@ -882,6 +883,8 @@ class Dispatcher:
     def _on_exchange_record(self, peer: Peer, ex: Exchange, kind: int, payload: bytes) -> None:
         sink = ex.sink
         if kind == CHUNK:
+            if ex.service:
+                raise ProtocolError("CHUNK for a job")
             if ex.state != STARTED:
                 raise ProtocolError("CHUNK before the response head")
             sink.on_chunk(ex, payload)
@@ -1001,7 +1004,12 @@ class Dispatcher:
 
     def attach(self, key: bytes, service: str, pid: int, host: str, link: Link) -> Peer:
         """A foreign worker of ``service`` (one job at a time) joins under ``key``, a name
-        its link chose that no backend connection has; its records go to ``link``."""
+        its link chose that no backend connection can have (a ROUTER's own routing ids
+        are five bytes starting with a zero byte, and a peer may not choose one that starts
+        with zero); its records go to ``link``. A peer already under ``key`` is dropped."""
+        old = self.peers.get(key)
+        if old is not None:
+            self._drop(old, "another worker took its name")
         lane = self.lanes.get(service)
         if lane is None:
             lane = self.lanes[service] = Lane(service)

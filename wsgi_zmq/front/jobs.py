@@ -101,7 +101,9 @@ class MdpWorker:
 
     def __init__(self, ident: bytes, version: int, empty: bool, now: float) -> None:
         self.ident = ident
-        self.key = b"mdp\0" + ident  # its name in the dispatcher: no backend routing id
+        # its name in the dispatcher, which no backend connection can have (a ROUTER's
+        # own ids are 5 bytes, a peer's chosen ones do not start with a zero byte)
+        self.key = b"\0mdp" + ident
         self.version = version
         self.empty = empty
         self.seen = now
