@@ -63,6 +63,20 @@ NOT_OFFERED = [
      "counterpart in a WSGI server."),
 ]
 
+#: A paragraph under a section's title, for what its settings share.
+SECTION_NOTES = {
+    "Backend": (
+        "The CURVE settings mean the same in every role, and the job client "
+        "(`python -m wsgi_zmq.client`) takes them under the same flags: `curve_secret_key` "
+        "is always this process's own key pair (a front's server key; a pool's or a "
+        "client's client key), `curve_server_key` always the public key of the front it "
+        "connects to, and `curve_allow` always the directory of public keys a front admits "
+        "(workers of the backend, and clients and MDP workers of the job endpoint)."),
+    "Jobs": (
+        "The job endpoint and job pools: `docs/jobs.md` shows every client and worker form "
+        "frame by frame."),
+}
+
 ROLE_NAMES = {"all": "`wsgi_zmq`", "front": "`wsgi_zmq.front`", "handler": "`wsgi_zmq.handler`"}
 
 
@@ -82,6 +96,8 @@ def render() -> str:
         if not settings:
             continue
         out += [f"## {section}", ""]
+        if section in SECTION_NOTES:
+            out += [SECTION_NOTES[section], ""]
         for setting in settings:
             out.append(f"### `{setting.name}`")
             out.append("")
