@@ -50,9 +50,8 @@ example, default 50): about 10 s; 500 examples take about 25 s, 1500 of 80 steps
 
 A JOB_REPLY whose frames are malformed passes through the dispatcher, which reads only its
 flags (the job sink decodes it: ``JobEndpoint.on_response``); the model predicts that. Bugs
-found are kept at the end as plain tests; those still open are ``xfail(strict=True)``, and
-the machine steers around them, each where it says so: it sends no CHUNK for a started job,
-and it lets a lane be made with ``MAX_EMPTY_LANES`` empty lanes already there.
+found are kept at the end as plain regression tests (an open one would be
+``xfail(strict=True)``, and the machine would steer around it, saying where).
 """
 
 from __future__ import annotations
@@ -264,7 +263,7 @@ class LanesMachine(RuleBasedStateMachine):
         self.violations: list[str] = []
         self.marks: dict[Ex, int] = {}
         self.expected: dict[Ex, list[list[Call]]] = {}  # alternatives for this step's calls
-        self.after: list[Callable[[list[str]], None]] = []  # this step's own checks
+        self.after: list[Callable[[], str | None]] = []  # this step's own checks
         self.may_call: set[Ex] | None = None  # None: any sink may be called in this step
         self.tags = 0
         self.patch = mock.patch.object(dispatcher_module, "MAX_EMPTY_LANES", EMPTY_LANES)
@@ -282,6 +281,10 @@ class LanesMachine(RuleBasedStateMachine):
 
     def expect(self, e: Ex, *alternatives: list[Call]) -> None:
         self.expected[e] = list(alternatives)
+
+    def later(self, holds: Callable[[], object], problem: Callable[[], str]) -> None:
+        """Once this step has settled, ``holds()`` must be true; else ``problem()``."""
+        self.after.append(lambda: None if holds() else problem())
 
     def new_calls(self, e: Ex) -> list[Call]:
         return e.calls[self.marks.get(e, 0):]
@@ -423,7 +426,9 @@ class LanesMachine(RuleBasedStateMachine):
                     problems.append(f"{e}: sink calls {self.new_calls(e)} in a step that "
                                     "can end nothing")
         for check in self.after:
-            check(problems)
+            problem = check()
+            if problem:
+                problems.append(problem)
         self.check_lanes(problems)
         self.check_exchanges(problems)
         self.check_workers(problems)
@@ -654,8 +659,7 @@ class LanesMachine(RuleBasedStateMachine):
         concurrent = real is not None and real.concurrent
         idempotent = real is not None and real.idempotent
         with self.step():
-            self.after.append(lambda problems: self.check_fail_over(
-                w, snapshot, concurrent, idempotent, problems))
+            self.after.append(lambda: self.check_fail_over(w, snapshot, concurrent, idempotent))
             w.lost = True
             if how == "detach":
                 w.zombie = True  # it believes what it believed
@@ -669,11 +673,12 @@ class LanesMachine(RuleBasedStateMachine):
                 self.backend.lose(w.wire)
 
     def check_fail_over(self, w: Worker, snapshot: list[tuple[int, Any, int | None]],
-                        concurrent: bool, idempotent: bool, problems: list[str]) -> None:
+                        concurrent: bool, idempotent: bool) -> str | None:
         """``_fail_over``: what started gets 502; what may have run (any slot of a worker
         that serves at once, the first of one in order) gets 502 unless the job, the
         request or the pool is idempotent; the rest goes again under a new rid (or gets
         502 past its attempts, or 503 if the queue is over its bound)."""
+        problems = []
         if self.d.peers.get(w.key) is not None:
             problems.append(f"{w} died, but the dispatcher still knows it")
         for index, (rid, slot, state) in enumerate(snapshot):
@@ -691,6 +696,7 @@ class LanesMachine(RuleBasedStateMachine):
             elif not new and (e.ex.state not in (QUEUED, SENT) or e.ex.rid == rid):
                 problems.append(f"{e} lost {w}: {STATE_NAMES[e.ex.state]} as {e.ex.rid:x} "
                                 f"(was {rid:x})")
+        return "; ".join(problems) or None
 
     @precondition(lambda self: any(w.known and w.probe_rid for w in self.workers))
     @rule(worker=st.integers(0, 5))
@@ -734,9 +740,6 @@ class LanesMachine(RuleBasedStateMachine):
     def answer(self, worker: int, slot: int, how: str) -> None:
         """Any record for a rid the worker holds, whatever its lane and state."""
         w, rid = self.pick_held(worker, slot)
-        e = w.belief[rid].e
-        if how == "chunk" and e.job and e.ex.state == STARTED and not w.lost:
-            how = "job_partial"  # see test_regression_chunk_for_a_started_job (open)
         self.reply(w, rid, how)
 
     def pick_held(self, worker: int, slot: int) -> tuple[Worker, int]:
@@ -759,7 +762,7 @@ class LanesMachine(RuleBasedStateMachine):
     def reply(self, w: Worker, rid: int, how: str) -> None:
         """``w`` sends one record for ``rid``; predict what it does to its exchange."""
         held = w.belief.get(rid)
-        real = None if w.lost else self.d.peers.get(w.key)
+        real: DispatcherPeer | None = None if w.lost else self.d.peers.get(w.key)
         slot = real.slots.get(rid) if real is not None else None
         target = self.by_ex.get(slot) if isinstance(slot, Exchange) else None
         lone = self.eject_after == 0 and how != "reject"
@@ -773,11 +776,11 @@ class LanesMachine(RuleBasedStateMachine):
                 kind, _, payload = p.split_frame(p.frame([record]))[0]
                 if final_record(kind, payload):
                     w.belief.pop(rid, None)
-                if target is not None:
+                if real is not None and target is not None:
                     self.predict(real, rid, target, kind, payload)
-                elif isinstance(slot, Ghost) and final_record(kind, payload):
-                    self.after.append(lambda problems: rid in real.slots and problems.append(
-                        f"{w}: the final record for the ghost {rid:x} did not free it"))
+                elif real is not None and isinstance(slot, Ghost) \
+                        and final_record(kind, payload):
+                    self.freed(real, rid)
             self.send(w, record, senders)
 
     def record(self, e: Ex | None, rid: int, how: str) -> bytes:
@@ -821,7 +824,7 @@ class LanesMachine(RuleBasedStateMachine):
         state = e.ex.state
         final = final_record(kind, payload)
         wrong = (kind == p.RESPONSE and (e.job or state != SENT)
-                 or kind == p.CHUNK and state != STARTED
+                 or kind == p.CHUNK and (e.job or state != STARTED)
                  or kind == p.JOB_REPLY and not e.job
                  or kind == p.REJECT and state != SENT)
         if wrong:
@@ -836,8 +839,8 @@ class LanesMachine(RuleBasedStateMachine):
             if final:
                 self.freed(real, rid)
             else:
-                self.after.append(lambda problems: e.ex.state == STARTED or problems.append(
-                    f"{e}: {STATE_NAMES[e.ex.state]} after a reply that was not final"))
+                self.later(lambda: e.ex.state == STARTED, lambda: f"{e}: "
+                           f"{STATE_NAMES[e.ex.state]} after a reply that was not final")
         elif kind == p.CHUNK:
             self.expect(e, [("chunk", payload)])
         elif kind == p.END:
@@ -849,14 +852,15 @@ class LanesMachine(RuleBasedStateMachine):
             self.freed(real, rid)
         elif kind == p.REJECT:  # again, under a new rid; or the newest of a queue over it
             self.expect(e, [], [("failure", 503)])
-            self.after.append(lambda problems: self.new_calls(e) or (
-                e.ex.state in (QUEUED, SENT) and e.ex.rid != rid) or problems.append(
-                f"{e}: {STATE_NAMES[e.ex.state]} as {e.ex.rid:x} after REJECT of {rid:x}"))
+            self.later(lambda: self.new_calls(e) or (e.ex.state in (QUEUED, SENT)
+                                                     and e.ex.rid != rid),
+                       lambda: f"{e}: {STATE_NAMES[e.ex.state]} as {e.ex.rid:x} after "
+                       f"REJECT of {rid:x}")
             self.freed(real, rid)
 
     def freed(self, real: DispatcherPeer, rid: int) -> None:
-        self.after.append(lambda problems: rid not in real.slots or problems.append(
-            f"{real!r}: slot {rid:x} still taken after its final record"))
+        self.later(lambda: rid not in real.slots,
+                   lambda: f"{real!r}: slot {rid:x} still taken after its final record")
 
     # -- rules: sinks ----------------------------------------------------------------------
 
@@ -904,8 +908,7 @@ class LanesMachine(RuleBasedStateMachine):
                 problems.append(f"{e}: no lane made for {service!r}, calls {new}")
             if empty < EMPTY_LANES:
                 problems.append(f"{e}: refused with {empty} empty lanes of {EMPTY_LANES}")
-        elif lane is None and empty > EMPTY_LANES:
-            # one more than the bound: test_regression_one_empty_lane_too_many (open)
+        elif lane is None and empty >= EMPTY_LANES:
             problems.append(f"{e}: a lane for {service!r} made with {empty} empty lanes")
         if new and (lane is not None or created) and (
                 new != [("failure", 503)] or queued < self.queue_size
@@ -968,8 +971,7 @@ class LanesMachine(RuleBasedStateMachine):
                         why = f"No worker served {lane.service!r} within {QT:g} s"
                     else:
                         why = f"No worker was free within {QT:g} s"
-                    self.after.append(lambda problems, e=e, why=why: e.details[-1:] == [why]
-                                      or problems.append(f"{e}: {e.details[-1:]}, not {why}"))
+                    self.explained(e, why)
         for peer in d.peers.values():
             for rid, slot in peer.slots.items():
                 if isinstance(slot, Exchange) and slot.state == SENT and slot.deadline <= now:
@@ -979,16 +981,20 @@ class LanesMachine(RuleBasedStateMachine):
                     else:  # an ejection in this tick may fail it over first
                         self.expect(e, [("failure", 504)], [("failure", 502)],
                                     [("failure", 503)], [])
-                        self.after.append(lambda problems, e=e, rid=rid: self.new_calls(e)
-                                          or e.ex.rid != rid or problems.append(
-                                              f"{e}: no answer after its request timeout"))
+                        self.answered(e, rid)
         doomed = [name for name, lane in d.lanes.items()
                   if name and not lane.members and not lane.queue]
 
-        def deleted(problems: list[str]) -> None:
-            problems.extend(f"the empty lane {name!r} was not deleted"
-                            for name in doomed if name in self.d.lanes)
-        self.after.append(deleted)
+        self.later(lambda: not any(name in self.d.lanes for name in doomed),
+                   lambda: f"the empty lanes {doomed} were not all deleted")
+
+    def explained(self, e: Ex, why: str) -> None:
+        self.later(lambda: e.details[-1:] == [why], lambda: f"{e}: {e.details[-1:]}, not {why}")
+
+    def answered(self, e: Ex, rid: int) -> None:
+        """``e`` was answered in this step, or sent again (under a new rid)."""
+        self.later(lambda: self.new_calls(e) or e.ex.rid != rid,
+                   lambda: f"{e}: no answer after its request timeout")
 
     # -- teardown --------------------------------------------------------------------------
 
@@ -1208,12 +1214,13 @@ def test_a_detached_worker_is_heard_no_more() -> None:
 
 def test_regression_one_empty_lane_too_many() -> None:
     """``MAX_EMPTY_LANES`` bounds the lanes of job services no worker serves. With HTTP
-    workers connected, ``_new_lane`` counts ``sum(not lane.members ...) > MAX_EMPTY_LANES``
-    over every lane: the HTTP lane has members, so MAX_EMPTY_LANES empty job lanes give a
-    sum of MAX_EMPTY_LANES, not over it, and one lane more is made. (Without HTTP workers
-    the HTTP lane is counted as empty and the bound holds: the limit moves with the HTTP
-    pool.) 1. an HTTP worker connects 2. jobs for MAX_EMPTY_LANES (2) services nobody
-    serves wait 3. a job for one more such service must get 503 at once."""
+    workers connected, ``_new_lane`` counted ``sum(not lane.members ...) > MAX_EMPTY_LANES``
+    over every lane: the HTTP lane has members, so MAX_EMPTY_LANES empty job lanes gave a
+    sum of MAX_EMPTY_LANES, not over it, and one lane more was made. (Without HTTP workers
+    the HTTP lane counted as empty and the bound held: the limit moved with the HTTP pool.)
+    Now only job lanes count, against ``>=``. 1. an HTTP worker connects 2. jobs for
+    MAX_EMPTY_LANES (2) services nobody serves wait 3. a job for one more such service gets
+    503 at once."""
     with replaying() as m:
         m.join("http", "")
         for service in UNKNOWN[:EMPTY_LANES]:
@@ -1222,26 +1229,27 @@ def test_regression_one_empty_lane_too_many() -> None:
         assert x.calls == [("failure", 503)], f"{UNKNOWN[EMPTY_LANES]!r} got a lane"
 
 
-def test_regression_chunk_for_a_started_job() -> None:
-    """A job worker sends a partial JOB_REPLY (the job is STARTED), then a CHUNK, an HTTP
-    body piece, which no job has. ``_on_exchange_record`` refuses a RESPONSE for a job
-    (``ex.service``) but checks a CHUNK only against ``state != STARTED``, so the CHUNK
-    reaches the job's sink as ``on_chunk``: a call of the HTTP lane on a job. The worker
-    broke the protocol: it must be 502 (``_abandon``: the job ends, the worker is told to
-    CANCEL, a failure counts toward its ejection), as for a RESPONSE to a job. The front's
-    job sink copes (``JobEndpoint.on_chunk`` cancels), but the worker is never counted as
-    failing, so a job worker that always does it is never ejected."""
+@pytest.mark.parametrize("started", [True, False], ids=["started", "sent"])
+def test_regression_chunk_for_a_job(started: bool) -> None:
+    """A job worker sends a CHUNK, an HTTP body piece, which no job has (after a partial
+    JOB_REPLY, so the job is STARTED, or before any reply). ``_on_exchange_record`` refused
+    a RESPONSE for a job (``ex.service``) but checked a CHUNK only against ``state !=
+    STARTED``, so after a partial reply the CHUNK reached the job's sink as ``on_chunk``, a
+    call of the HTTP lane on a job, and the worker was never counted as failing (the
+    front's job sink cancelled the job, but a worker that always did it was never ejected).
+    Now a CHUNK for a job is a malformed reply: 502, the worker is told to CANCEL (a ghost
+    keeps the slot), and a failure counts toward its ejection."""
     with replaying() as m:
         w = m.join("job", "resize")
         x = m.submit_one("resize", False)
         rid = x.ex.rid
-        m.reply(w, rid, "job_partial")
-        assert m.backend is not None and w.wire is not None
-        m.broken = True  # the machine would refuse to send this record
-        w.wire.send(p.encode_data(p.CHUNK, rid, b"chunk"))
-        m.backend.wait(lambda: len(x.calls) > 1, "the CHUNK to reach the dispatcher")
-        assert x.calls[1:] == [("failure", 502)]
-        assert m.d.peers[w.key].failures == 1
+        if started:
+            m.reply(w, rid, "job_partial")
+        m.reply(w, rid, "chunk")
+        assert x.calls[-1] == ("failure", 502) and x.finals == 1
+        real = m.d.peers[w.key]
+        assert real.failures == 1 and isinstance(real.slots[rid], Ghost)
+        assert w.belief[rid].cancelled
 
 
 def test_regression_attach_under_a_key_a_backend_worker_has() -> None:

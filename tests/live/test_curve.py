@@ -11,19 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import ROOT, exchange, get, logged_pids, poll_until, python_env
+from support import ROOT, exchange, get, keys, logged_pids, poll_until, python_env
 from support.load import Load
-
-
-def keys(directory: Path, *names: str) -> dict[str, tuple[Path, Path]]:
-    """Key pairs made with the project's own tool: name -> (public file, secret file)."""
-    made = {}
-    for name in names:
-        subprocess.run([sys.executable, "-m", "wsgi_zmq.keys", "generate", name, "--dir",
-                        str(directory)], check=True, capture_output=True, env=python_env(),
-                       timeout=60)
-        made[name] = (directory / f"{name}.key", directory / f"{name}.key_secret")
-    return made
 
 
 def curve_front(stack, tmp_path: Path, admitted: list[str], *args: str):

@@ -16,9 +16,9 @@ import threading
 import pytest
 import zmq
 
-from support import exchange, get, poll_until
+from support import exchange, get, keys, poll_until
 from support.jobs import Client, broker, is_error, mdp02, start_mdp_worker, stop
-from wsgi_zmq.client import JobClient, JobError
+from wsgi_zmq.client import JobClient, JobError, JobTimeout
 
 
 def pool(stack, backend: str, function: str, *args: str, workers: int = 1):
@@ -193,3 +193,39 @@ def test_pools_scale_with_ttin_and_drain_with_term(stack):
     with Client(jobs) as client:
         reply = client.call(mdp02(b"echo", b"anyone?"), timeout=10)
     assert is_error(reply, 503) and b"'echo'" in reply[-1]
+
+
+def test_curve_on_the_job_endpoint_and_the_backend(stack, tmp_path):
+    """1. a broker with CURVE admitting one pool's and one client's keys 2. the pool serves
+    jobs of the admitted client, whose key reaches the function (JobContext.key) 3. a client
+    with an unlisted key and a plaintext client get no reply 4. the admitted one still does."""
+    made = keys(tmp_path / "keys", "front", "pool", "client", "rogue")
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    for name in ("pool", "client"):
+        (allow / f"{name}.key").write_bytes(made[name][0].read_bytes())
+    proc, jobs, backend = broker(stack, "--curve-secret-key", str(made["front"][1]),
+                                 "--curve-allow", str(allow))
+    pool(stack, backend, "context", "--curve-secret-key", str(made["pool"][1]),
+         "--curve-server-key", str(made["front"][0]))
+    proc.wait_for_log(r"connected for service 'context'")
+
+    def client(name: str | None, timeout: float = 10) -> JobClient:
+        if name is None:
+            return JobClient(jobs, service="context", timeout=timeout, retries=0)
+        return JobClient(jobs, service="context", timeout=timeout, retries=0,
+                         curve_secret_key=str(made[name][1]),
+                         curve_server_key=str(made["front"][0]))
+
+    with client("client") as admitted:
+        context = json.loads(admitted.call(b"x"))
+    public = made["client"][0].read_text()
+    assert context["key"] and context["key"] in public
+    assert context["service"] == "context" and context["client"] == "127.0.0.1"
+    for name in ("rogue", None):
+        with client(name, timeout=1) as refused:
+            with pytest.raises(JobTimeout):
+                refused.call(b"x")
+    proc.wait_for_log(r"Refused")
+    with client("client") as admitted:
+        assert json.loads(admitted.call(b"again"))["service"] == "context"

@@ -74,6 +74,17 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def keys(directory: Path, *names: str) -> dict[str, tuple[Path, Path]]:
+    """Key pairs made with the project's own tool: name -> (public file, secret file)."""
+    made = {}
+    for name in names:
+        subprocess.run([sys.executable, "-m", "wsgi_zmq.keys", "generate", name, "--dir",
+                        str(directory)], check=True, capture_output=True, env=python_env(),
+                       timeout=60)
+        made[name] = (directory / f"{name}.key", directory / f"{name}.key_secret")
+    return made
+
+
 class LiveProcess:
     """A real process started in its own session, logging to a file."""
 
