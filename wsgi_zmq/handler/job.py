@@ -272,22 +272,8 @@ class JobLayer:
             req.error(502, "malformed job record")
             return
         req.window = req.credit = head.window
-        worker.served += 1
-        hook_req = None
-        if worker.pre_request is not None:
-            hook_req = JobHookRequest(head)
-            try:
-                worker.pre_request(worker, hook_req)
-            except Exception:
-                log.exception("Exception in the pre_request hook")
-        started = time.monotonic()
-        worker.enter_app(req, started)
-        try:
-            status, sent = self.run(req, head)
-        finally:
-            worker.leave_app(req)
-        if not req.finished:
-            req.end(END_ABORT, b"")
+        (status, sent), hook_req, started = worker.in_app(
+            req, lambda: JobHookRequest(head), lambda: self.run(req, head))
         if worker.post_request is None and worker.access is None:
             return
         environ = {"REQUEST_METHOD": "JOB", "RAW_URI": head.service, "PATH_INFO": head.service,

@@ -560,6 +560,30 @@ class Worker:
         self.quiet = 1
         self.current = None
 
+    def in_app(self, req: Request, hook_request: Callable[[], Any],
+               run: Callable[[], Any]) -> tuple[Any, Any, float]:
+        """The part of serving that is the same for every layer: count the request, call
+        ``pre_request`` (with ``hook_request()``), call ``run`` between ``enter_app`` and
+        ``leave_app``, and cut the exchange (END_ABORT) if ``run`` left it open. Returns
+        ``run``'s result, the hook request made (or None) and when the app started."""
+        self.served += 1
+        hook_req = None
+        if self.pre_request is not None:
+            hook_req = hook_request()
+            try:
+                self.pre_request(self, hook_req)
+            except Exception:
+                log.exception("Exception in the pre_request hook")
+        started = time.monotonic()
+        self.enter_app(req, started)
+        try:
+            result = run()
+        finally:
+            self.leave_app(req)
+        if not req.finished:
+            req.end(protocol.END_ABORT, b"")
+        return result, hook_req, started
+
     # -- input --------------------------------------------------------------------------
 
     def handle_frame(self, front: Front, data: bytes) -> None:

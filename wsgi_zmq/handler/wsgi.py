@@ -667,23 +667,10 @@ class WsgiLayer:
                 req.body.appendleft(head.body)
                 req.consumed = -1  # the piece inside REQUEST took no credit: grant none
             environ["wsgi.input"] = BodyInput(req)
-        worker.served += 1
-        hook_req = None
-        if worker.pre_request is not None:
-            hook_req = HookRequest(head)
-            try:
-                worker.pre_request(worker, hook_req)
-            except Exception:
-                log.exception("Exception in the pre_request hook")
-        started = time.monotonic()
-        worker.enter_app(req, started)
-        try:
-            resp = serve_request(self.app, environ, head, req, self.chunk_size,
-                                 self.server_header)
-        finally:
-            worker.leave_app(req)
-        if not req.finished:
-            req.end(END_ABORT, b"")
+        resp, hook_req, started = worker.in_app(
+            req, lambda: HookRequest(head),
+            lambda: serve_request(self.app, environ, head, req, self.chunk_size,
+                                  self.server_header))
         if worker.post_request is not None:
             try:
                 worker.post_request(worker, hook_req or HookRequest(head), environ, resp)
