@@ -38,7 +38,6 @@ import os
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from report import RatioSpec, fmt, med, ratios, spread
 from servers import (
     BOOTING_WORKER,
     LISTENING,
@@ -262,13 +262,15 @@ def describe(run: dict[str, Any]) -> str:
 
 # -- the report ----------------------------------------------------------------------------
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def med(values: list[float | None]) -> float | None:
-    data = [v for v in values if v is not None]
-    return statistics.median(data) if data else None
+
+
+#: what wsgi_zmq is compared on (``report.RatioSpec``)
+RATIOS: tuple[RatioSpec, ...] = (
+    ("rps", "rps", lambda r: r["rps"]),
+    ("p99", "p99_ms", lambda r: r["p99_ms"]),
+)
 
 
 def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -294,17 +296,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         theirs = summary["servers"][name]
         if name == "wsgi_zmq" or theirs["rps"] is None:
             continue
-        by_round: dict[int, dict[str, dict[str, Any]]] = {}
-        for r in runs:
-            if r["server"] in ("wsgi_zmq", name) and "error" not in r:
-                by_round.setdefault(r["round"], {})[r["server"]] = r
-        pairs = [(rr["wsgi_zmq"], rr[name]) for rr in by_round.values() if len(rr) == 2]
-        summary["ratios"][name] = {
-            "rps": ours["rps"] / theirs["rps"],
-            "p99": ours["p99_ms"] / theirs["p99_ms"],
-            "rps_by_round": [a["rps"] / b["rps"] for a, b in pairs],
-            "p99_by_round": [a["p99_ms"] / b["p99_ms"] for a, b in pairs],
-        }
+        summary["ratios"][name] = ratios(runs, ours, theirs, name, RATIOS)
     return summary
 
 
@@ -338,15 +330,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, mode: str) -
                   f"{spread(ratio['p99'], ratio['p99_by_round']):>26}")
 
 
-def spread(value: float, by_round: list[float]) -> str:
-    """``ratio of the medians (lowest-highest per-round ratio)``."""
-    if len(by_round) < 2:
-        return ratio(value)
-    return f"{ratio(value)} ({ratio(min(by_round))}-{ratio(max(by_round))})"
 
 
-def ratio(value: float) -> str:
-    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 # -- main ----------------------------------------------------------------------------------

@@ -80,7 +80,6 @@ import math
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -89,6 +88,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from report import fmt, med, ratios, spread
 from servers import (
     REPO,
     WORKER_CONNECTED,
@@ -576,13 +576,8 @@ def describe(run: dict[str, Any]) -> str:
 
 # -- the report ----------------------------------------------------------------------------
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def med(values: list[float | None]) -> float | None:
-    data = [v for v in values if v is not None]
-    return statistics.median(data) if data else None
 
 
 #: what wsgi_zmq is compared on: (key in the summary, its value in a run, label)
@@ -618,18 +613,8 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         theirs = summary["servers"][name]
         if name == "wsgi_zmq" or theirs["jobs_per_s"] is None:
             continue
-        by_round: dict[int, dict[str, dict[str, Any]]] = {}
-        for r in runs:
-            if r["server"] in ("wsgi_zmq", name) and "error" not in r:
-                by_round.setdefault(r["round"], {})[r["server"]] = r
-        pairs = [(rr["wsgi_zmq"], rr[name]) for rr in by_round.values() if len(rr) == 2]
-        ratios: dict[str, Any] = {}
-        for key, value, _ in RATIOS:
-            if ours[key] and theirs[key]:
-                ratios[key] = ours[key] / theirs[key]
-                ratios[key + "_by_round"] = [value(a) / value(b) for a, b in pairs
-                                             if value(a) is not None and value(b)]
-        summary["ratios"][name] = ratios
+        summary["ratios"][name] = ratios(runs, ours, theirs, name,
+                                         [(key, key, value) for key, value, _ in RATIOS])
     return summary
 
 
@@ -665,15 +650,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
                 for key, _, _ in RATIOS))
 
 
-def spread(value: float, by_round: list[float]) -> str:
-    """``ratio of the medians (lowest-highest per-round ratio)``."""
-    if len(by_round) < 2:
-        return ratio(value)
-    return f"{ratio(value)} ({ratio(min(by_round))}-{ratio(max(by_round))})"
 
 
-def ratio(value: float) -> str:
-    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 # -- main ----------------------------------------------------------------------------------
