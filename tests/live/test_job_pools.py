@@ -229,3 +229,71 @@ def test_curve_on_the_job_endpoint_and_the_backend(stack, tmp_path):
     proc.wait_for_log(r"Refused")
     with client("client") as admitted:
         assert json.loads(admitted.call(b"again"))["service"] == "context"
+
+
+def test_a_job_stuck_past_timeout_gets_504_and_the_pool_serves_on(stack, tmp_path):
+    """1. a pool with --timeout 2 2. a job that sleeps 30 s 3. the master aborts its worker:
+    the client gets error 504 4. a new worker connects and serves."""
+    proc, jobs, backend = broker(stack)
+    handler = pool(stack, backend, "slow_pid", "--service", "slow", "--timeout", "2")
+    proc.wait_for_log(r"connected for service 'slow'")
+    mark = tmp_path / "pid"
+    with JobClient(jobs, service="slow", timeout=30, retries=0) as client:
+        with pytest.raises(JobError) as caught:
+            client.call(json.dumps({"seconds": 30, "mark": str(mark)}).encode())
+        assert caught.value.code == 504
+        handler.wait_for_log(r"Booting worker with pid", count=2)
+        proc.wait_for_log(r"connected for service 'slow'", count=2)
+        assert client.call(json.dumps({"seconds": 0, "mark": str(mark)}).encode()) \
+            .startswith(b"done by ")
+
+
+def test_hup_replaces_a_job_pool_without_failing_a_job(stack):
+    """1. a pool of two workers under a steady job load 2. HUP: new workers connect, the old
+    ones leave 3. every job of the load is answered right."""
+    proc, jobs, backend = broker(stack)
+    handler = pool(stack, backend, "echo", workers=2)
+    proc.wait_for_log(r"connected for service 'echo'", count=2)
+    stop_load = threading.Event()
+    failures: list[str] = []
+    done = [0]
+
+    def load() -> None:
+        with Client(jobs) as client:
+            while not stop_load.is_set():
+                body = b"job %d" % done[0]
+                reply = client.call(mdp02(b"echo", body), 20)
+                if reply[-1] != body:
+                    failures.append(repr(reply))
+                done[0] += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        poll_until(lambda: done[0] > 50, 20)
+        handler.send_signal(signal.SIGHUP)
+        proc.wait_for_log(r"connected for service 'echo'", count=4, timeout=30)
+        proc.wait_for_log(r"leaves", count=2, timeout=30)
+        before = done[0]
+        poll_until(lambda: done[0] > before + 50, 20)
+    finally:
+        stop_load.set()
+        thread.join(30)
+    assert not failures and done[0] > 100
+
+
+def test_a_job_pool_autoscales_on_its_queue(stack, tmp_path):
+    """1. a pool of one worker (capacity 1) with --max-workers 2 2. eight 1 s jobs at once:
+    they wait in the service's queue 3. the pool grows to two workers, and every job is
+    answered."""
+    proc, jobs, backend = broker(stack)
+    handler = pool(stack, backend, "slow_pid", "--service", "slow", "--capacity", "1",
+                   "--min-workers", "1", "--max-workers", "2", "--scale-cooldown", "0.5")
+    proc.wait_for_log(r"connected for service 'slow'")
+    with JobClient(jobs, service="slow", timeout=60, retries=0) as client:
+        specs = [json.dumps({"seconds": 1, "mark": str(tmp_path / f"m{i}")}).encode()
+                 for i in range(8)]
+        replies = client.map(specs)
+    assert all(reply[0].startswith(b"done by ") for reply in replies)
+    handler.wait_for_log(r"Autoscale: 2 worker\(s\), was 1", timeout=5)
+    assert len({reply[0] for reply in replies}) == 2  # both workers served
