@@ -297,3 +297,21 @@ def test_a_job_pool_autoscales_on_its_queue(stack, tmp_path):
     assert all(reply[0].startswith(b"done by ") for reply in replies)
     handler.wait_for_log(r"Autoscale: 2 worker\(s\), was 1", timeout=5)
     assert len({reply[0] for reply in replies}) == 2  # both workers served
+
+
+def test_all_in_one_job_broker_serves_the_sample(stack):
+    """``python -m wsgi_zmq --job sample_apps.job:handle --job-bind ...``: a pure broker and
+    its pool under one supervisor, no HTTP listener; the sample answers, and a bad payload
+    gets its ValueError as an error reply."""
+    proc = stack.start(["wsgi_zmq", "--job", "sample_apps.job:handle", "--job-bind",
+                        "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
+                        "--workers", "2"], "all")
+    jobs = proc.wait_for_log(r"Jobs at: (\S+) \(").group(1)
+    proc.wait_for_log(r"connected for service 'handle'", count=2)
+    assert "Listening at" not in proc.log()
+    with JobClient(jobs, service="handle", timeout=10, retries=0) as client:
+        assert json.loads(client.call(b'{"text": "Hello"}')) == {
+            "text": "HELLO", "reversed": "olleH", "length": 5}
+        with pytest.raises(JobError) as caught:
+            client.call(b"not json")
+    assert caught.value.code == 500 and caught.value.message.startswith("JSONDecodeError")
