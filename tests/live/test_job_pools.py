@@ -315,3 +315,25 @@ def test_all_in_one_job_broker_serves_the_sample(stack):
         with pytest.raises(JobError) as caught:
             client.call(b"not json")
     assert caught.value.code == 500 and caught.value.message.startswith("JSONDecodeError")
+
+
+def test_a_burst_through_a_pool_and_an_mdp_worker_loses_no_reply(stack, tmp_path):
+    """Regression (found running the ZeroMQ guide's mdclient2 against the front): 300
+    requests sent at once on one DEALER, served by a pool and an MDP/0.1 worker. A reply
+    the MDP worker sent while the front was sending on the job endpoint used to wait for the
+    next event on that socket (the descriptor is edge-triggered, and the send took the
+    edge): one request in a few hundred was answered only when the client left."""
+    proc, jobs, backend = broker(stack)
+    pool(stack, backend, "mutable", "--service", "upper")
+    theirs = start_mdp_worker(tmp_path, jobs, 1, "upper")
+    try:
+        proc.wait_for_log(r"connected for service 'upper'", count=2)
+        for _ in range(3):
+            with Client(jobs) as client:
+                for i in range(300):
+                    client.send([b"", b"MDPC01", b"upper", b"job %d" % i])
+                replies = {client.recv(10)[-1] for _ in range(300)}
+            assert replies == {b"JOB %d" % i for i in range(300)}
+        assert theirs.log_path.read_text().count("served") > 0
+    finally:
+        stop(theirs)

@@ -77,6 +77,8 @@ MDP_HEARTBEAT: Final = 2.5
 _RECV_BATCH: Final = 64
 
 _NOBLOCK = zmq.NOBLOCK
+_EVENTS = zmq.EVENTS
+_POLLIN = zmq.POLLIN
 _zmq_Again = zmq.Again
 
 
@@ -405,6 +407,15 @@ class JobEndpoint:
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer left; Again: not reading
             self.undelivered.warning("Dropped a message to a job endpoint peer: %s", exc)
             return False
+        finally:
+            # the socket's descriptor is edge-triggered, and a send may take the edge that
+            # announced incoming messages: look, and take them on the next turn of the loop
+            # (without this, a worker's reply that came during a send waited for the next
+            # event on the socket, seconds later)
+            if not self._more.active:
+                events: int = self.sock.getsockopt(_EVENTS)  # type: ignore[assignment]
+                if events & _POLLIN:
+                    self._more.start(self._on_readable)
 
 
 def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str, bool]:
