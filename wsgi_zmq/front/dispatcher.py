@@ -56,7 +56,7 @@ import collections
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import gevent
 import zmq
@@ -163,6 +163,12 @@ _VERSION_BYTE = protocol.VERSION_BYTE
 _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
 
 
+def _timed(ex: Exchange) -> bool:
+    """Does ``request_timeout`` bound ``ex`` now? Until its response starts; a job also
+    between its partial replies (an HTTP response that started streams to its client)."""
+    return ex.state == SENT or (ex.state == STARTED and bool(ex.service))
+
+
 def _is_final(kind: int, payload: bytes) -> bool:
     """Does this worker record end its exchange?"""
     if kind in _FINAL_KINDS:
@@ -201,6 +207,12 @@ class Sink(Protocol):
     def on_failure(self, ex: Exchange, error: HTTPError) -> None: ...
 
     def on_body_credit(self, ex: Exchange, count: int) -> None: ...
+
+
+class JobSink(Sink, Protocol):
+    """The sink of job exchanges (the job endpoint): it also takes the job's replies."""
+
+    def on_job_reply(self, ex: Exchange, flags: int, frames: list[bytes]) -> None: ...
 
 
 class WorkerError(HTTPError):
@@ -472,7 +484,9 @@ class Dispatcher:
     def serves(self, service: str) -> bool:
         """Is a worker of ``service`` connected (MMI's ``mmi.service``)?"""
         lane = self.lanes.get(service)
-        return lane is not None and lane.members > 0
+        if lane is None or not lane.members:
+            return False
+        return any(peer.lane is lane and peer.eligible for peer in self.peers.values())
 
     def _new_lane(self, service: str) -> Lane | None:
         """A new lane for a request for ``service``, which no worker serves; none while
@@ -924,12 +938,14 @@ class Dispatcher:
         elif kind == JOB_REPLY:
             if not ex.service:
                 raise ProtocolError("JOB_REPLY to an HTTP request")
-            flags = payload[0]
+            flags, frames = protocol.decode_job_reply(payload)  # malformed: before any move
             if flags & JOB_FINAL:
                 self._finish(ex, peer)
-            elif ex.state == SENT:
-                ex.move(STARTED)  # a partial reply went out: the job can no longer be replayed
-            sink.on_response(ex, flags, payload)
+            else:
+                if ex.state == SENT:
+                    ex.move(STARTED)  # a partial reply went out: it can no longer be replayed
+                ex.deadline = self.clock() + self.request_timeout  # each reply is progress
+            cast(JobSink, sink).on_job_reply(ex, flags, frames)
         elif kind == REJECT:
             if ex.state != SENT:
                 raise ProtocolError("REJECT of a started response")
@@ -1246,10 +1262,10 @@ class Dispatcher:
             elif lane.service and not lane.members:
                 del self.lanes[lane.service]  # nothing waits for a service nobody serves
         for peer in list(self.peers.values()):
-            late = [ex for ex in peer.slots.values()
-                    if isinstance(ex, Exchange) and ex.state == SENT and ex.deadline <= now]
+            late = [ex for ex in peer.slots.values() if isinstance(ex, Exchange)
+                    and _timed(ex) and ex.deadline <= now]
             for ex in late:
-                if ex.worker is not peer or ex.state != SENT:
+                if ex.worker is not peer or not _timed(ex):
                     continue  # failed over by an ejection this loop made
                 log.warning("Request %x timed out on worker %s@%s", ex.rid, peer.pid,
                             peer.host)

@@ -56,7 +56,7 @@ from typing import Any, Final
 import zmq
 
 from wsgi_zmq import mdp, protocol
-from wsgi_zmq.errors import HTTPError, ProtocolError
+from wsgi_zmq.errors import HTTPError
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.sockets import bind_zmq
 from wsgi_zmq.log import LogLimiter
@@ -333,18 +333,9 @@ class JobEndpoint:
 
     # -- the sink -------------------------------------------------------------------------
 
-    def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
+    def on_job_reply(self, ex: Exchange, flags: int, frames: list[bytes]) -> None:
         """A JOB_REPLY: the final one ends the job, a partial one goes on (or is kept)."""
         assert isinstance(ex, Job)
-        try:
-            flags, frames = protocol.decode_job_reply(payload)
-        except ProtocolError as exc:
-            self.dispatcher.malformed.warning("Dropped a malformed JOB_REPLY: %s", exc)
-            if not ex.done:
-                self.dispatcher.cancel(ex)
-            self._send(ex.ident, mdp.error_reply(ex.request, 502,
-                                                 "the worker sent a malformed reply"))
-            return
         request = ex.request
         if flags & protocol.JOB_FINAL:
             if ex.held:
@@ -368,6 +359,9 @@ class JobEndpoint:
                     f"this client's protocol ({request.dialect.value}) takes only a final one"))
                 return
         self.dispatcher.grant(ex)
+
+    def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
+        self._broken(ex, "the worker sent an HTTP response for a job")
 
     def on_chunk(self, ex: Exchange, data: bytes) -> None:
         self._broken(ex, "the worker sent an HTTP body piece for a job")
