@@ -606,6 +606,33 @@ class ServerHeader(Setting):
     """
 
 
+def validate_health_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = validate_string(value)
+    if not text.startswith("/") or any(c in text for c in "? #") or not text.isascii():
+        raise ValueError("a path such as /healthz: ASCII, starting with /, no query")
+    return text
+
+
+class HealthPath(Setting):
+    name = "health_path"
+    section = "Server Socket"
+    roles = FRONT
+    cli = ("--health-path",)
+    meta = "PATH"
+    validator = staticmethod(validate_health_path)
+    since = "0.3.0"
+    desc = """A path the front answers itself, for load balancers: ``/healthz``. Off by default.
+
+    A GET or HEAD of it is answered by the front, never queued and never sent to the app
+    (the path is then not the app's): 200 while at least one HTTP worker that takes work is
+    connected, 503 with the reason while the front drains or while none is. It is answered
+    at once even when every worker is busy and the queue is full, and writes no access
+    line.
+    """
+
+
 class Backlog(Setting):
     name = "backlog"
     section = "Server Socket"

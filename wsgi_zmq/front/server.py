@@ -60,7 +60,7 @@ from wsgi_zmq.errors import (
     RequestTimeout,
     render_error,
 )
-from wsgi_zmq.front.dispatcher import DONE, NEW, Dispatcher, Exchange, StateError
+from wsgi_zmq.front.dispatcher import DONE, HTTP, NEW, Dispatcher, Exchange, StateError
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
 from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
@@ -84,6 +84,8 @@ from wsgi_zmq.protocol import (
 log = logging.getLogger("wsgi_zmq.error.front")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HEALTH_METHODS: Final = (b"GET", b"HEAD")
+_HEALTH_HEADERS: Final = (("Cache-Control", "no-store"),)
 _RESPONSE_DATA = protocol.RESPONSE_HEAD.size
 _ACCEPT_BATCH = 64
 _READ, _WRITE = 1, 2
@@ -362,6 +364,11 @@ class Connection:
 
     def _dispatch(self, ex: HttpExchange) -> None:
         head = ex.head
+        server = self.server
+        if server.health_path is not None and head.method in _HEALTH_METHODS and \
+                head.target.partition(b"?")[0] == server.health_path:
+            self._answer_health(ex)
+            return
         flags = REQ_KEEP_ALIVE if head.keep_alive else 0
         body = b""
         if ex.request_done:
@@ -384,7 +391,6 @@ class Connection:
             if not _skippable(ex):
                 flags |= REQ_CLOSE_IF_UNREAD
         listener = self.listener
-        server = self.server
         scheme = listener.scheme
         if self.trusted and server.secure_headers:
             scheme = server.scheme_of(head.headers, scheme)
@@ -393,6 +399,20 @@ class Connection:
             self.remote_port, listener.server_name, listener.port, scheme,
             head.headers, server.window, body)
         server.dispatcher.submit(ex)
+
+    def _answer_health(self, ex: HttpExchange) -> None:
+        """The front's own answer to ``health_path`` (see that setting)."""
+        status, detail = self.server.health()
+        close = not ex.request_done or not ex.head.keep_alive
+        version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
+        reason = "OK" if status == 200 else "Service Unavailable"
+        answer = render_error(status, reason, detail, close, _HEALTH_HEADERS, version,
+                              self.server.cfg.server_header)
+        if ex.head.method == b"HEAD":
+            answer = answer[:answer.index(b"\r\n\r\n") + 4]
+        ex.move(DONE)
+        self._write(answer)
+        self._response_done(ex, close)
 
     def on_body_credit(self, ex: Exchange, count: int) -> None:
         assert isinstance(ex, HttpExchange)
@@ -1108,6 +1128,16 @@ class FrontServer:
         self.trusted: dict[bytes, bool] = {}
         self.secure_headers = {name.lower().encode("latin-1"): value.encode("latin-1")
                                for name, value in cfg.secure_scheme_headers.items()}
+        self.health_path: bytes | None = (cfg.health_path.encode("ascii")
+                                          if cfg.health_path else None)
+
+    def health(self) -> tuple[int, str]:
+        """(status, reason) of the ``health_path`` answer."""
+        if self.draining:
+            return 503, "draining: the front is stopping"
+        if not self.dispatcher.serves(HTTP):
+            return 503, "no HTTP worker is connected"
+        return 200, "ok"
 
     def expects_proxy(self, address: bytes) -> bool:
         """Must a connection from ``address`` start with a PROXY protocol header?"""
