@@ -1279,6 +1279,27 @@ class LogLevel(Setting):
     """
 
 
+class LogFormat(Setting):
+    name = "log_format"
+    section = "Logging"
+    roles = EVERY
+    cli = ("--log-format",)
+    meta = "FORMAT"
+    validator = staticmethod(validate_choice(("text", "json")))
+    default = "text"
+    since = "0.3.0"
+    desc = """The form of the error and access logs: ``text`` (gunicorn's lines) or ``json``.
+
+    ``json`` writes one JSON object per line, for log pipelines. Error log: ``time``
+    (ISO 8601, UTC), ``level``, ``pid``, ``logger``, ``message``, and ``exc_info`` with the
+    traceback when there is one. Access log: ``time``, ``remote_addr``, ``user``,
+    ``method``, ``uri``, ``protocol``, ``status`` (a number), ``bytes``, ``referer``,
+    ``user_agent``, ``duration_s``, ``queue_ms``, ``worker`` and ``pid``, whatever
+    ``access_log_format`` says. No header but the referer and the user agent is written,
+    so no credential can reach it.
+    """
+
+
 class ErrorLog(Setting):
     name = "errorlog"
     section = "Logging"

@@ -21,6 +21,7 @@ handlers set a flag and the main loops call it, never the signal handler itself.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import logging.config
 import os
@@ -79,8 +80,10 @@ def setup(cfg: Any) -> None:
             logger.removeHandler(old)
             old.close()
         logger.propagate = False
+    as_json = getattr(cfg, "log_format", "text") == "json"
     handler = _handler(cfg.errorlog, sys.stderr)
-    handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
+    handler.setFormatter(JsonFormatter() if as_json else
+                         logging.Formatter(LINE_FORMAT, DATE_FORMAT))
     error.addHandler(handler)
     error.setLevel(cfg.loglevel.upper())
     if cfg.accesslog:
@@ -119,6 +122,24 @@ def reopen(cfg: Any = None) -> None:
                 handler.reopen()
     if cfg is not None and cfg.capture_output:
         _capture(cfg.errorlog)
+
+
+def _iso_time(seconds: float) -> str:
+    """``2026-11-23T23:11:57.123Z``"""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{int(seconds % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per error log record (``log_format = "json"``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": _iso_time(record.created), "level": record.levelname,
+                 "pid": record.process, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 class LogLimiter:
@@ -282,16 +303,37 @@ class AccessLog:
         self.secrets = bool(getattr(cfg, "access_log_secrets", False))
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.keys = _ATOM.findall(self.format)
+        self.json = getattr(cfg, "log_format", "text") == "json"
 
     def write(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
-              sent: int | None, started: float, duration: float, queue_ms: float = 0.0
-              ) -> None:
-        """Format and write one line; a broken format is reported in the error log."""
+              sent: int | None, started: float, duration: float, queue_ms: float = 0.0,
+              request_line: str | None = None) -> None:
+        """Format and write one line; a broken format is reported in the error log.
+        ``request_line`` replaces the ``r`` atom (a job's is ``JOB service``)."""
         atoms = Atoms(environ, status, headers, sent, started, duration, self.worker,
                       queue_ms, self.secrets)
+        if request_line is not None:
+            atoms["r"] = request_line
+        if self.json:
+            self.logger.info("%s", json.dumps(self.entry(atoms, started), ensure_ascii=False))
+            return
         try:
             line = self.format % atoms
         except (TypeError, ValueError, KeyError) as exc:
             get_logger("access").error("Bad access_log_format %r: %s", self.format, exc)
             return
         self.logger.info("%s", line)
+
+    @staticmethod
+    def entry(atoms: Atoms, started: float) -> dict[str, Any]:
+        """The access log's JSON object for one request (see the ``log_format`` setting)."""
+        code = atoms["s"]
+        sent = atoms["B"]
+        return {"time": _iso_time(started), "remote_addr": atoms["h"],
+                "user": None if atoms["u"] == "-" else atoms["u"],
+                "method": atoms["m"], "uri": atoms.environ.get("RAW_URI", "-"),
+                "protocol": atoms["H"], "status": int(code) if code.isdigit() else None,
+                "bytes": sent if isinstance(sent, int) else 0, "referer": atoms["f"],
+                "user_agent": atoms["a"], "duration_s": round(atoms.duration, 6),
+                "queue_ms": round(atoms.queue_ms, 3), "worker": atoms.worker,
+                "pid": os.getpid()}

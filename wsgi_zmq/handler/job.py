@@ -401,15 +401,8 @@ class JobLayer:
     def write_access(self, access: wlog.AccessLog, environ: dict[str, Any],
                      head: protocol.JobHead, outcome: JobOutcome, duration: float) -> None:
         """One access line for the job (see the module docstring for its atoms)."""
-        atoms = wlog.Atoms(environ, outcome.status, [], outcome.sent, time.time() - duration,
-                           duration, access.worker, head.queue_us / 1000, access.secrets)
-        atoms["r"] = f"JOB {head.service}"  # no protocol version after it, unlike HTTP's
-        try:
-            line = access.format % atoms
-        except (TypeError, ValueError, KeyError) as exc:
-            wlog.get_logger("access").error("Bad access_log_format %r: %s", access.format, exc)
-            return
-        access.logger.info("%s", line)
+        access.write(environ, outcome.status, [], outcome.sent, time.time() - duration,
+                     duration, head.queue_us / 1000, request_line=f"JOB {head.service}")
 
 
 class JobHookRequest:
