@@ -62,10 +62,10 @@ from servers import (
 
 APP = "bench.hello:app"
 BODY = b"Hello, World!"
-SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "gunicorn-sync", "gunicorn-gevent",
-           "uwsgi")
+SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "gunicorn-sync",
+           "gunicorn-gevent", "uwsgi")
 #: run only when named in --servers: variants of wsgi_zmq for the cost of a feature
-OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https")
+OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics")
 START_SECONDS = 30.0
 #: wrk gets this long beyond its duration before it is killed
 WRK_GRACE_SECONDS = 30.0
@@ -146,6 +146,8 @@ def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
             extra += curve_options(args)
         elif name == "wsgi_zmq+https":
             extra += https_options(args)
+        elif name == "wsgi_zmq+metrics":
+            extra += ["--metrics-bind", "127.0.0.1:0"]
         source = args.baseline_dir if name.startswith("wsgi_zmq@") else None
         server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS,
                                      source=source, name=name)

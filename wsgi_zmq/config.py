@@ -159,6 +159,14 @@ def validate_binds(value: Any) -> list[str]:
     return binds
 
 
+def validate_optional_address(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = validate_string(value)
+    parse_bind(text)
+    return text
+
+
 _ENDPOINT: Final = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\s]+):(\d+|\*)|ipc://\S+")
 
 
@@ -630,6 +638,23 @@ class HealthPath(Setting):
     connected, 503 with the reason while the front drains or while none is. It is answered
     at once even when every worker is busy and the queue is full, and writes no access
     line.
+    """
+
+
+class MetricsBind(Setting):
+    name = "metrics_bind"
+    section = "Server Socket"
+    roles = FRONT
+    cli = ("--metrics-bind",)
+    meta = "ADDRESS"
+    validator = staticmethod(validate_optional_address)
+    since = "0.3.0"
+    desc = """Where the front serves its Prometheus metrics (``GET /metrics``); off by default.
+
+    ``HOST:PORT`` of a listener of its own, which also answers the health check (at
+    ``health_path``, or ``/healthz`` when that is unset). ``docs/metrics.md`` lists every
+    metric. Keep it off the public network: it tells anyone who asks how loaded the front
+    is. Counting costs the request path little; with it unset, nothing.
     """
 
 

@@ -409,6 +409,7 @@ class Dispatcher:
         self._flush_scheduled = False
         self._rid = random.getrandbits(63)
         self.closed = False
+        self.metrics: Any = None  # the front's FrontMetrics, with metrics_bind
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -639,10 +640,15 @@ class Dispatcher:
     def _assign(self, ex: Exchange, peer: Peer) -> None:
         """Give ``ex`` (just moved to SENT) to ``peer``, taken off its line by ``_pick`` or
         freeing a slot in ``_release``; list the worker again while it has room."""
+        metrics = self.metrics
         if ex.queued_at:
             waited = int((self.clock() - ex.queued_at) * 1e6)
             ex.record = protocol.with_queue_time(ex.record, waited)
             ex.queued_at = 0.0
+            if metrics is not None:
+                metrics.queue_wait.observe(waited / 1e6)
+        elif metrics is not None:
+            metrics.unqueued += 1
         ex.worker = peer
         ex.deadline = self.clock() + self.request_timeout
         ex.body_credit = 0
@@ -1152,6 +1158,8 @@ class Dispatcher:
         the order given, each under a new rid (the worker that gave it up may still hold a
         ghost of the old one); then dispatch what can be. The queue keeps its bound: while
         it is over it, its newest request gets 503."""
+        if self.metrics is not None:
+            self.metrics.redispatches += len(exchanges)
         lanes = []
         for ex in reversed(exchanges):
             ex.move(QUEUED)

@@ -51,7 +51,7 @@ import gevent.event
 import zmq
 
 from wsgi_zmq import protocol
-from wsgi_zmq.config import addr_allowed, bind_addresses, bind_scheme
+from wsgi_zmq.config import addr_allowed, bind_addresses, bind_scheme, parse_bind
 from wsgi_zmq.errors import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -87,6 +87,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEALTH_METHODS: Final = (b"GET", b"HEAD")
 _HEALTH_HEADERS: Final = (("Cache-Control", "no-store"),)
 _RESPONSE_DATA = protocol.RESPONSE_HEAD.size
+#: where the first digit of the status is in a RESPONSE payload (``HTTP/1.1 200 ...``)
+_STATUS_CLASS_AT: Final = _RESPONSE_DATA + 9
 _ACCEPT_BATCH = 64
 _READ, _WRITE = 1, 2
 _encode_request = protocol.encode_request
@@ -100,11 +102,13 @@ class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
     __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent",
-                 "discarded")
+                 "discarded", "status", "read_at")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
         self.head = head
+        self.status = 0  # its answer's status class, 2 for 2xx (metrics; 0: not counted)
+        self.read_at = 0.0  # when its head was read (for the metrics)
         self.pending: collections.deque[bytes] = collections.deque()
         self.request_done = False
         self.continue_wanted = head.expect_continue
@@ -278,6 +282,9 @@ class Connection:
         if not data:
             self.close()  # the client closed; an unfinished exchange is cancelled
             return
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.received += len(data)
         server = self.server
         self.last_active = server.loop.now()
         if self.phase == LINGERING:
@@ -327,6 +334,8 @@ class Connection:
     def on_request(self, head: RequestHead) -> None:
         self.head_started = 0.0
         ex = HttpExchange(self.server.dispatcher.new_rid(), self, head)
+        if self.server.metrics is not None:
+            ex.read_at = self.server.loop.now()
         self.parsing = ex
         if self.current is None:
             self.current = ex
@@ -431,6 +440,11 @@ class Connection:
     # -- dispatcher sink ----------------------------------------------------------------------
 
     def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
+        if self.server.metrics is not None:
+            assert isinstance(ex, HttpExchange)
+            # the first digit of "HTTP/1.1 200"; a worker's head is not trusted to have one
+            digit = payload[_STATUS_CLASS_AT] - 48 if len(payload) > _STATUS_CLASS_AT else 0
+            ex.status = digit if 1 <= digit <= 5 else 0
         self._write(memoryview(payload)[_RESPONSE_DATA:])
         if flags & RESP_END:
             self._response_done(ex, flags & RESP_CLOSE)
@@ -460,6 +474,10 @@ class Connection:
             log.warning("%d for %s %s: %s", error.status, ex.head.method.decode("latin-1"),
                         ex.head.target.decode("latin-1")[:200], error.detail)
         self.server.dispatcher.cancel(ex)  # done already, unless the sink answers itself
+        metrics = self.server.metrics
+        if metrics is not None:
+            ex.status = error.status // 100
+            metrics.front_answer(error.status)
         close = error.close or not ex.request_done
         version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
         answer = render_error(error.status, error.reason, error.detail, close, error.headers,
@@ -496,6 +514,10 @@ class Connection:
         error = self.refusal
         assert error is not None
         self.refusal = None
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.front_answer(error.status)
+            metrics.answered(b"", error.status // 100, 0.0)
         answer = error.render(server=self.server.cfg.server_header)
         self.server.log_access(self, None, error, answer)
         self._close_after(answer)
@@ -503,7 +525,10 @@ class Connection:
     def _response_done(self, ex: Exchange, close: int) -> None:
         assert isinstance(ex, HttpExchange)
         self.current = None
-        self.last_active = self.server.loop.now()
+        now = self.last_active = self.server.loop.now()
+        metrics = self.server.metrics
+        if metrics is not None and ex.status:
+            metrics.answered(ex.head.method, ex.status, now - ex.read_at)
         if not ex.request_done and not (close or self.ending) and ex.head.keep_alive \
                 and _skippable(ex):
             # answered before its body was read: skip the rest of the body, then serve
@@ -552,6 +577,9 @@ class Connection:
     def _write(self, data: bytes | memoryview, credit: HttpExchange | None = None) -> None:
         if self.phase >= LINGERING:
             return
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.sent += len(data)
         if not self.out:
             try:
                 sent = self.sock.send(data)
@@ -824,6 +852,9 @@ class TlsConnection(Connection):
     def _write(self, data: bytes | memoryview, credit: HttpExchange | None = None) -> None:
         if self.phase >= LINGERING:
             return
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.sent += len(data)
         if not self.out:
             try:
                 sent = self.tls.send(data)
@@ -1105,6 +1136,15 @@ class FrontServer:
         self.accept_paused = False
         _raise_file_limit(self.max_connections)
         self.dispatcher = Dispatcher(cfg, self.loop)
+        self.metrics: Any = None  # FrontMetrics, with metrics_bind
+        self.exporter: Any = None
+        if cfg.metrics_bind:
+            from wsgi_zmq.front.metrics import FrontMetrics, MetricsServer
+
+            self.metrics = self.dispatcher.metrics = FrontMetrics()
+            host, port = parse_bind(cfg.metrics_bind)
+            self.exporter = MetricsServer(cfg, self, self.metrics,
+                                          listen(host, port, cfg.backlog))
         self.jobs: Any = None  # the JobEndpoint, with job_bind
         if cfg.job_bind:
             from wsgi_zmq.front.jobs import JobEndpoint
@@ -1191,6 +1231,9 @@ class FrontServer:
                      os.getpid())
         if self.jobs is not None:
             log.info("Jobs at: %s (%d)", ",".join(self.jobs.endpoints), os.getpid())
+        if self.exporter is not None:
+            self.exporter.start()
+            log.info("Metrics at: %s/metrics (%d)", self.exporter.url, os.getpid())
         log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
 
     def check(self) -> None:
@@ -1261,6 +1304,8 @@ class FrontServer:
             if not self.draining:
                 listener.stop()
         self.dispatcher.flush()
+        if self.exporter is not None:
+            self.exporter.stop()
         if self.jobs is not None:
             self.jobs.close()
         self.dispatcher.close()
