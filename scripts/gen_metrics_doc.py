@@ -10,6 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from docgen import write_or_check  # noqa: E402  (scripts/ is on the path of a script)
+
 from wsgi_zmq.front.metrics import (  # noqa: E402
     DURATION_BUCKETS,
     FRONT_REASONS,
@@ -46,14 +48,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{TARGET} is stale: run scripts/gen_metrics_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(TARGET, render(), "gen_metrics_doc.py", __doc__)
 
 
 if __name__ == "__main__":

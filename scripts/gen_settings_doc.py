@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from docgen import write_or_check  # noqa: E402  (scripts/ is on the path of a script)
 
 from wsgi_zmq import errors  # noqa: E402
 from wsgi_zmq.config import REGISTRY, ROLES, SECTIONS  # noqa: E402
@@ -149,18 +150,7 @@ def _constant_doc(name: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the file is stale")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run python scripts/gen_settings_doc.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(TARGET, render(), "gen_settings_doc.py", __doc__)
 
 
 if __name__ == "__main__":
