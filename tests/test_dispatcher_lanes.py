@@ -899,6 +899,11 @@ class LanesMachine(RuleBasedStateMachine):
         lane = d.lanes.get(service)
         empty = sum(1 for name, other in d.lanes.items() if name and not other.members)
         queued = len(lane.queue) if lane is not None else 0
+        # requests waiting, all lanes together, for services no worker serves: at
+        # queue_size, a request for another such service is refused at once
+        orphans = sum(len(other.queue) for name, other in d.lanes.items()
+                      if name and not other.members)
+        orphan_lane = bool(service) and (lane is None or not lane.members)
         idle = lane is not None and bool(lane.idle)
         ex = Exchange(d.new_rid(), self.sink, service=service)
         e = Ex(f"x{len(self.exs)}", service, ex, replayable)
@@ -930,8 +935,9 @@ class LanesMachine(RuleBasedStateMachine):
                 problems.append(f"{e}: refused with {empty} empty lanes of {EMPTY_LANES}")
         elif lane is None and empty >= EMPTY_LANES:
             problems.append(f"{e}: a lane for {service!r} made with {empty} empty lanes")
+        full = queued >= self.queue_size or orphan_lane and orphans >= self.queue_size
         if new and (lane is not None or created) and (
-                new != [("failure", 503)] or queued < self.queue_size
+                new != [("failure", 503)] or not full
                 or not e.details[-1].startswith("No worker is free")):
             problems.append(f"{e}: calls {new} at submit with {queued} queued")
         if idle and not queued and state != SENT:

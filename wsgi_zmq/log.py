@@ -168,11 +168,18 @@ class LogLimiter:
 
     def warning(self, message: str, *args: Any) -> None:
         """Count one occurrence; write it unless this period's burst is used up."""
+        self._log(logging.WARNING, message, args)
+
+    def info(self, message: str, *args: Any) -> None:
+        """The same, at level INFO."""
+        self._log(logging.INFO, message, args)
+
+    def _log(self, level: int, message: str, args: tuple[Any, ...]) -> None:
         self.total += 1
         self.flush()
         if self._written < self.burst:
             self._written += 1
-            self.logger.warning(message, *args)
+            self.logger.log(level, message, *args)
         else:
             self._suppressed += 1
 

@@ -297,3 +297,26 @@ def test_many_clients_at_once(upper):
         thread.join(60)
     assert not failures
     assert serves(jobs)
+
+
+def test_service_names_with_nul_are_refused_and_the_broker_serves_on(upper):
+    """Regression (found by a random-message flood): a READY for service "\\0" made a JOB
+    record that could not be decoded when the front passed the job on, and the exception
+    left the dispatcher's flush half done. Now such a worker is told DISCONNECT, such a
+    request gets error 400, and MDP workers coming and going are logged rate limited."""
+    proc, jobs = upper
+    with Client(jobs) as worker:
+        worker.send([b"MDPW02", b"\x01", b"a\0b"])
+        assert worker.recv(10) == [b"MDPW02", b"\x06"]
+    with Client(jobs) as client:
+        reply = client.call(mdp02(b"a\0b", b"x"))
+        assert is_error(reply, 400) and b"NUL" in reply[-1]
+        for i in range(60):  # workers that come and go
+            with Client(jobs) as passing:
+                passing.sock.setsockopt(zmq.LINGER, 5000)  # let both messages leave
+                passing.send([b"MDPW02", b"\x01", b"svc%d" % i])
+                passing.send([b"MDPW02", b"\x06"])
+    assert serves(jobs)
+    assert "Traceback" not in proc.log()
+    poll_until(lambda: proc.log().count("connected for service 'svc") >= 1, 10)
+    assert proc.log().count("connected for service 'svc") <= 20  # rate limited

@@ -133,7 +133,7 @@ class Client:
         return self.recv(timeout)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.sock.close()  # with the socket's LINGER (0 unless a test set it)
 
     def __enter__(self) -> Client:
         return self

@@ -405,6 +405,9 @@ class Dispatcher:
         self.ready = self.http.ready
         self.queue = self.http.queue
         self.malformed = LogLimiter(log, "malformed messages from the backend")
+        # anyone who reaches a job endpoint without CURVE may come and go as an MDP worker:
+        # their arrivals and losses are rate limited too
+        self.foreign = LogLimiter(log, "lines about MDP workers", burst=20)
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._rid = random.getrandbits(63)
@@ -475,7 +478,8 @@ class Dispatcher:
                 ex.move(SENT)
                 self._assign(ex, peer)
                 return
-        if len(lane.queue) >= self.queue_size:
+        if len(lane.queue) >= self.queue_size or (
+                lane.service and not lane.members and self._orphans_full()):
             ex.move(DONE)
             ex.sink.on_failure(ex, ServiceUnavailable("No worker is free; try again"))
             return
@@ -488,6 +492,16 @@ class Dispatcher:
         if lane is None or not lane.members:
             return False
         return any(peer.lane is lane and peer.eligible for peer in self.peers.values())
+
+    def _orphans_full(self) -> bool:
+        """Do ``queue_size`` jobs wait, all lanes together, for services that no worker
+        serves? Then a request for another such service is refused at once: made-up service
+        names cannot make the front hold ``MAX_EMPTY_LANES`` full queues."""
+        waiting = 0
+        for lane in self.lanes.values():
+            if lane.service and not lane.members:
+                waiting += len(lane.queue)
+        return waiting >= self.queue_size
 
     def _new_lane(self, service: str) -> Lane | None:
         """A new lane for a request for ``service``, which no worker serves; none while
@@ -1040,7 +1054,8 @@ class Dispatcher:
         self.peers[key] = peer
         lane.members += 1
         self._list(peer)
-        log.info("Worker %s@%s connected for service %r, capacity 1", pid, host, service)
+        self.foreign.info("Worker %s@%s connected for service %r, capacity 1", pid, host,
+                          service)
         self._drain_queue(lane)
         return peer
 
@@ -1100,7 +1115,8 @@ class Dispatcher:
         if peer.gone:
             return
         held = list(peer.slots.values())
-        log.warning("Worker %s@%s lost (%s) holding %d request(s)", peer.pid, peer.host,
+        (self.foreign.warning if peer.link is not None else log.warning)(
+            "Worker %s@%s lost (%s) holding %d request(s)", peer.pid, peer.host,
                     reason, sum(isinstance(ex, Exchange) for ex in held))
         peer.slots.clear()
         self._forget(peer)
@@ -1254,6 +1270,7 @@ class Dispatcher:
         if now - self._last_probe >= self.heartbeat:
             self.probe()
         self.malformed.flush()
+        self.foreign.flush()
         if len(self.keys) > len(self.peers):  # keys of connections that never said READY
             self.keys = {ident: key for ident, key in self.keys.items() if ident in self.peers}
         for lane in list(self.lanes.values()):

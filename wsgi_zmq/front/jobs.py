@@ -56,7 +56,7 @@ from typing import Any, Final
 import zmq
 
 from wsgi_zmq import mdp, protocol
-from wsgi_zmq.errors import HTTPError
+from wsgi_zmq.errors import HTTPError, ProtocolError
 from wsgi_zmq.front.dispatcher import Dispatcher, Exchange
 from wsgi_zmq.front.sockets import bind_zmq
 from wsgi_zmq.log import LogLimiter
@@ -65,6 +65,8 @@ log = logging.getLogger("wsgi_zmq.error.jobs")
 
 #: The largest frame a client may send (ZeroMQ drops a peer that sends a larger one).
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+#: Messages ZeroMQ keeps per client connection, each way.
+SEND_HWM: Final = 1000
 #: The most bytes of partial replies kept for a client that cannot take them one by one.
 MAX_HELD_BYTES: Final = 64 * 1024 * 1024
 #: An MDP worker is dropped after this many heartbeat intervals without a message from it.
@@ -126,7 +128,10 @@ class JobEndpoint:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.sock.setsockopt(zmq.SNDHWM, 100000)
+        # per connection: a client that sends and never reads makes the front keep at most
+        # this many replies for it (then they are dropped, and counted), not all of them
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         interval = max(1, int(cfg.heartbeat * 1000))
         self.sock.setsockopt(zmq.HEARTBEAT_IVL, interval)
         self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval)
@@ -217,10 +222,10 @@ class JobEndpoint:
         if mdp.is_mmi(service_bytes):
             self._mmi(ident, request, service_bytes)
             return
-        try:
-            service = service_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            self._send(ident, mdp.error_reply(request, 400, "the service name is not UTF-8"))
+        service = _service_name(service_bytes)
+        if service is None:
+            self._send(ident, mdp.error_reply(request, 400, "a service name is UTF-8 "
+                                              "without NUL bytes"))
             return
         address, key, idempotent = _client_of(first, self.secure)
         job = Job(self.dispatcher.new_rid(), self, service, ident, request)
@@ -261,9 +266,10 @@ class JobEndpoint:
                                            " before READY")
                     self._send(ident, mdp.worker_disconnect(message.version, message.empty))
                 return
-            try:
-                service = message.service.decode("utf-8")
-            except UnicodeDecodeError:
+            service = _service_name(message.service)
+            if service is None:
+                self.malformed.warning("Disconnected an MDP worker whose service name is "
+                                       "not UTF-8 without NUL bytes")
                 self._send(ident, mdp.worker_disconnect(message.version, message.empty))
                 return
             worker = MdpWorker(ident, message.version, message.empty, self.loop.now())
@@ -302,7 +308,11 @@ class JobEndpoint:
             return False
         for kind, rid, payload in protocol.split_frame(protocol.frame(records)):
             if kind == protocol.JOB:
-                job = protocol.decode_job(payload)
+                try:
+                    job = protocol.decode_job(payload)
+                except ProtocolError as exc:  # our own record: a bug, not the peer's fault
+                    log.error("Cannot pass job %x to an MDP worker: %s", rid, exc)
+                    return False
                 frames = job.frames or [b""]
                 message = mdp.worker_request((worker.version, worker.empty),
                                              rid.to_bytes(8, "big"), frames)
@@ -410,6 +420,16 @@ class JobEndpoint:
                 events: int = self.sock.getsockopt(_EVENTS)  # type: ignore[assignment]
                 if events & _POLLIN:
                     self._more.start(self._on_readable)
+
+
+def _service_name(raw: bytes) -> str | None:
+    """A service name as the dispatcher and the JOB record take it, or None: UTF-8
+    without NUL (the record's strings are NUL-separated)."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in name else name
 
 
 def _client_of(first: zmq.Frame | None, secure: bool) -> tuple[str, str, bool]:
