@@ -26,7 +26,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from support import python_env
+from support import poll_until, python_env
 from wsgi_zmq.client import (
     EXIT_JOB_ERROR,
     FINAL,
@@ -323,9 +323,7 @@ def test_no_reply_raises_job_timeout_after_every_attempt(serve: Serve, connect: 
     assert raised.value.attempts == 3
     assert str(raised.value) == (f"no reply from {server.endpoint} for service 'echo' after "
                                  "3 attempts of 0.2 s")
-    deadline = time.monotonic() + DEADLINE
-    while len(server.requests) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until(lambda: len(server.requests) >= 3, DEADLINE, message="3 requests")
     assert len(server.requests) == 3
     assert len(set(server.peers)) == 3
 
