@@ -38,6 +38,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,10 +63,10 @@ from servers import (
 
 APP = "bench.hello:app"
 BODY = b"Hello, World!"
-SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "gunicorn-sync",
-           "gunicorn-gevent", "uwsgi")
+SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "wsgi_zmq+statsd",
+           "gunicorn-sync", "gunicorn-gevent", "uwsgi")
 #: run only when named in --servers: variants of wsgi_zmq for the cost of a feature
-OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics")
+OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "wsgi_zmq+statsd")
 START_SECONDS = 30.0
 #: wrk gets this long beyond its duration before it is killed
 WRK_GRACE_SECONDS = 30.0
@@ -138,6 +139,22 @@ def https_options(args: argparse.Namespace) -> list[str]:
             "--keyfile", os.path.join(args.tls_dir, "key.pem")]
 
 
+#: the UDP socket wsgi_zmq+statsd sends to (see ``statsd_sink``), closed at the end
+_statsd_sinks: list[socket.socket] = []
+
+
+def statsd_sink(args: argparse.Namespace) -> int:
+    """The port of a UDP socket bound once per run and never read: the statsd datagrams
+    arrive (no ICMP refusal), the kernel drops them when its buffer is full, as a busy
+    statsd would."""
+    if args.statsd_port is None:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        _statsd_sinks.append(sink)
+        args.statsd_port = int(sink.getsockname()[1])
+    return int(args.statsd_port)
+
+
 def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
     """Start one server and wait until it is ready: every process booted, ``GET /`` is 200."""
     if name == "wsgi_zmq" or name.startswith(("wsgi_zmq@", "wsgi_zmq+")):
@@ -148,6 +165,8 @@ def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
             extra += https_options(args)
         elif name == "wsgi_zmq+metrics":
             extra += ["--metrics-bind", "127.0.0.1:0"]
+        elif name == "wsgi_zmq+statsd":
+            extra += ["--statsd-host", f"127.0.0.1:{statsd_sink(args)}"]
         source = args.baseline_dir if name.startswith("wsgi_zmq@") else None
         server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS,
                                      source=source, name=name)
@@ -368,6 +387,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--warmup must be at least 0 and --capacity at least 1")
     args.curve_dir = None
     args.tls_dir = None
+    args.statsd_port = None
     if args.servers is None:
         args.names = [n for n in SERVERS
                       if n not in OPTIONAL and (n != "uwsgi" or uwsgi_binary())]
@@ -457,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: args.curve_dir and shutil.rmtree(args.curve_dir, True))
         stack.callback(lambda: args.tls_dir and shutil.rmtree(args.tls_dir, True))
+        stack.callback(lambda: [sink.close() for sink in _statsd_sinks])
         if args.baseline:
             try:
                 args.baseline_dir = stack.enter_context(Baseline(args.baseline))

@@ -37,8 +37,9 @@ NOT_OFFERED = [
      "syslog_facility, disable_redirect_access_to_syslog",
      "logging is configured with `logconfig_dict` (which can add any handler of the "
      "standard library, `SysLogHandler` included)."),
-    ("statsd_host, statsd_prefix, dogstatsd_tags, enable_backlog_metric",
-     "no metrics export yet."),
+    ("enable_backlog_metric", "the kernel's accept queue is not measured: the wait that "
+     "matters is the queue for a worker (`wsgi_zmq.queue.depth` in statsd, "
+     "`wsgi_zmq_queue_depth` in Prometheus; see `docs/metrics.md`)."),
     ("enable_stdio_inheritance", "stdio is inherited; `capture_output` redirects it."),
     ("spew", "a debugging aid for gunicorn's own code."),
     ("paste, raw_paste_global_conf", "PasteDeploy applications are not loaded; give "

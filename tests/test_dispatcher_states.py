@@ -202,6 +202,8 @@ class Peer:
     probe_rid: int = 0
     line: int = UNLISTED
     progress: float = 0.0  # when it last finished a request, or became busy
+    pid: int = 0
+    drained: bool = False  # an operator's ``drain``
 
     @property
     def ident(self) -> bytes:
@@ -214,7 +216,7 @@ class Peer:
 
     @property
     def eligible(self) -> bool:
-        return self.known and not (self.bye_sent or self.ejected)
+        return self.known and not (self.bye_sent or self.ejected or self.drained)
 
     def slot(self, rid: int) -> Slot | None:
         for slot in self.slots:
@@ -267,6 +269,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         self.eject_after = 2
         self.queue_size = QUEUE_SIZE
         self.model_peers: list[Peer] = []  # in the order they connected (= dispatcher.peers)
+        self.pool_drained = False  # the operator drained the pool ``default``
         self.by_ident: dict[bytes, Peer] = {}
         self.exs: list[Ex] = []
         self.by_ex: dict[Exchange, Ex] = {}
@@ -825,7 +828,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         for name, want in (("capacity", peer.capacity), ("concurrent", peer.concurrent),
                            ("leaving", peer.bye_sent), ("ejected", peer.ejected),
                            ("failures", peer.failures), ("line", peer.line),
-                           ("progress", peer.progress)):
+                           ("progress", peer.progress), ("drained", peer.drained)):
             if getattr(real, name) != want:
                 problems.append(f"{peer}: {name} is {getattr(real, name)}, model {want}")
         if peer.ejected and real.ejected_until != peer.ejected_until:
@@ -878,14 +881,14 @@ class DispatcherMachine(RuleBasedStateMachine):
         with self.step() as senders:
             name = f"w{len(self.model_peers)}"
             wire = self.backend.connect(name.encode())
-            peer = Peer(name, wire, capacity, concurrent)
+            peer = Peer(name, wire, capacity, concurrent, pid=101 + len(self.model_peers))
+            peer.drained = self.pool_drained
             self.model_peers.append(peer)
             self.by_ident[wire.ident] = peer
             self.list_(peer)
             self.drain_queue()
             flags = p.READY_CONCURRENT if concurrent else 0
-            wire.send(p.encode_ready(capacity, WINDOW, 100 + len(self.model_peers), name,
-                                     flags))
+            wire.send(p.encode_ready(capacity, WINDOW, peer.pid, name, flags))
             senders.append(wire)
 
     @precondition(lambda self: self.connected())
@@ -917,6 +920,42 @@ class DispatcherMachine(RuleBasedStateMachine):
                 self.drain_queue()
                 chosen.wire.send(p.encode_ready(capacity, WINDOW, 1, chosen.name, flags))
             senders.append(chosen.wire)
+
+    @precondition(lambda self: self.connected())
+    @rule(peer=st.integers(0, 3), pool=st.booleans())
+    def operator_drain(self, peer: int, pool: bool) -> None:
+        """An operator drains one worker, or the pool (every worker is in ``default``,
+        and so is every one that connects later): they get nothing new."""
+        candidates = self.connected()
+        chosen = candidates[peer % len(candidates)]
+        with self.step():
+            targets = [p for p in self.model_peers if p.known] if pool else [chosen]
+            if pool:
+                self.pool_drained = True
+            for target in targets:
+                if not target.drained:
+                    self.unlist(target)
+                    target.drained = True
+            self.d.drain("default" if pool else str(chosen.pid))
+
+    @precondition(lambda self: any(p.drained for p in self.model_peers if p.known) or
+                  self.pool_drained)
+    @rule(peer=st.integers(0, 3), everything=st.booleans())
+    def operator_resume(self, peer: int, everything: bool) -> None:
+        """The operator resumes one drained worker, or everything drained."""
+        drained = [p for p in self.model_peers if p.known and p.drained]
+        with self.step():
+            if everything or not drained:
+                self.pool_drained = False
+                targets = drained
+                self.d.resume()
+            else:
+                targets = [drained[peer % len(drained)]]
+                self.d.resume(str(targets[0].pid))
+            for target in targets:
+                target.drained = False
+                self.list_(target)
+            self.drain_queue()
 
     @precondition(lambda self: any(not peer.lost for peer in self.model_peers))
     @rule(peer=st.integers(0, 3), how=st.sampled_from(["stay", "bye", "lose"]))

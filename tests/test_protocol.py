@@ -8,6 +8,7 @@ anywhere means no record of that frame is returned.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import struct
@@ -70,7 +71,7 @@ def test_a_frame_of_no_records_is_valid_and_empty() -> None:
 
 def test_kinds_are_distinct_and_named() -> None:
     kinds = [p.REQUEST, p.BODY, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL, p.READY,
-             p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY]
+             p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY, p.STATS]
     assert len(set(kinds)) == len(kinds)
     assert set(p.KIND_NAMES) == set(kinds)
 
@@ -270,10 +271,12 @@ def test_frame_of_every_kind_keeps_order() -> None:
         p.encode_ready(4, 8, 99, "h"), p.encode_signal(p.HEARTBEAT), p.encode_error(2, 502, "x"),
         p.encode_signal(p.REJECT, 3), p.encode_signal(p.BYE),
         p.encode_job(4, 0, "s", "", "", "MDP02", [b"x"], 8), p.encode_job_reply(4, 1, []),
+        p.encode_stats(b"{}"),
     ]
     kinds = [r.kind for r in p.split_frame(p.frame(records))]
     assert kinds == [p.REQUEST, p.BODY, p.END, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL,
-                     p.READY, p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY]
+                     p.READY, p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY,
+                     p.STATS]
     assert set(kinds) == set(p.KIND_NAMES)
 
 
@@ -287,7 +290,7 @@ MALFORMED_FRAMES = {
     "version 2": (b"\x02" + p.encode_signal(p.HEARTBEAT), "version 2"),
     "version 255, no records": (b"\xff", "version 255"),
     "unknown kind 0": (V + raw_record(0, 0, b""), "unknown record kind 0"),
-    "unknown kind 15": (V + raw_record(15, 1, b"abcd"), "unknown record kind 15"),
+    "unknown kind 16": (V + raw_record(16, 1, b"abcd"), "unknown record kind 16"),
     "unknown kind 255": (V + raw_record(255, 1, b""), "unknown record kind 255"),
     "one stray byte": (V + b"\x09", "truncated record head"),
     "head cut at 12 bytes": (V + p.encode_signal(p.BYE)[:12], "truncated record head"),
@@ -438,7 +441,8 @@ def test_documented_dumps_are_what_the_encoder_produces() -> None:
             b"Date: Mon, 23 Nov 2026 23:11:57 GMT\r\n\r\n")
     assert dumps["response"] == p.frame([p.encode_response(rid, p.RESP_END, head,
                                                            b"Hello, world!\n")])
-    assert dumps["ready"] == p.frame([p.encode_ready(8, 8, 4242, "web1")])
+    assert dumps["ready"] == p.frame([p.encode_ready(8, 8, 4242, "web1", 0, "", "default", "v2",
+                                                     4200)])
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -495,3 +499,59 @@ def test_ready_names_the_service_of_a_job_worker_only() -> None:
         p.decode_ready(p.encode_ready(2, 8, 42, "host", 0, "resize")[p.RECORD_HEAD.size:])
     with pytest.raises(ProtocolError):
         p.decode_ready(p.encode_ready(2, 8, 42, "host", p.READY_JOB)[p.RECORD_HEAD.size:])
+
+
+# -- READY names and STATS (pools) ------------------------------------------------------------
+
+def test_ready_carries_pool_version_and_master() -> None:
+    record = one(p.encode_ready(4, 8, 77, "web1", 0, "", "api", "v2.1", 70))
+    assert p.decode_ready(record.payload) == p.Ready(4, 8, 77, "web1", 0, "", "api", "v2.1", 70)
+
+
+@pytest.mark.parametrize("names, expected", [
+    (b"web1", ("web1", "", "default", "", 0)),
+    (b"web1\0resize", ("web1", "resize", "default", "", 0)),
+    (b"web1\0\0api", ("web1", "", "api", "", 0)),
+    (b"web1\0\0\0\0", ("web1", "", "default", "", 0)),
+])
+def test_ready_of_an_older_worker_gets_the_default_pool(names: bytes,
+                                                        expected: tuple[object, ...]) -> None:
+    flags = p.READY_JOB if b"resize" in names else 0
+    payload = p.READY_HEAD.pack(1, 1, 9, flags) + names
+    ready = p.decode_ready(one(raw_record(p.READY, 0, payload)).payload)
+    assert (ready.host, ready.service, ready.pool, ready.version, ready.master) == expected
+
+
+@pytest.mark.parametrize("names, message", [
+    (b"h\0\0pool\0v\0notapid", "master pid"),
+    (b"h\0\0pool\0v\x001\0extra", "more than five"),
+    (b"h" * 1025, "longer than"),
+])
+def test_ready_with_bad_names_is_refused(names: bytes, message: str) -> None:
+    payload = p.READY_HEAD.pack(1, 1, 9, 0) + names
+    with pytest.raises(ProtocolError, match=message):
+        p.decode_ready(one(raw_record(p.READY, 0, payload)).payload)
+
+
+def test_stats_round_trip() -> None:
+    data = b'{"workers": 3, "restarts": {"timeout": 1, "crash": 2}, "pool": "web"}'
+    record = one(p.encode_stats(data))
+    assert record.kind == p.STATS and record.rid == 0
+    assert p.decode_stats(record.payload) == p.PoolStats(
+        3, {"timeout": 1, "max_requests": 0, "crash": 2})
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json", b"[1, 2]", b'{"workers": -1}', b'{"workers": true}', b'{"workers": 1.5}',
+    b'{"restarts": []}', b'{"restarts": {"crash": "x"}}', b'{"restarts": {"timeout": -3}}',
+    b"{" + b" " * p.MAX_STATS + b"}",
+])
+def test_malformed_stats_are_refused(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        p.decode_stats(payload)
+
+
+@given(st.binary(max_size=300))
+def test_decode_stats_raises_only_protocol_error(payload: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        p.decode_stats(payload)

@@ -38,6 +38,17 @@ then SIGKILL. A worker that exits with ``EXIT_CONFIG`` (its app would not import
 ``EXIT_WORKER_BOOT`` at start stops the pool with that code instead of being forked again
 and again.
 
+Every worker exit the master did not ask for is counted in ``restarts`` by reason:
+``timeout`` (the master aborted it for being silent past ``timeout``), ``max_requests`` (it
+left by itself, exit code 0, with ``max_requests`` set) or ``crash`` (any other status, or a
+signal). The master keeps its figures (``workers``, ``restarts``) in a JSON file beside the
+liveness files (``stats_path``), which the workers pass on to their fronts.
+
+With ``control_socket``, a handler pool's master serves it from its select loop
+(``status``, ``workers N``, ``reload``; see ``wsgi_zmq.control``). All-in-one, the master
+binds it but the front serves it, and forwards ``workers``, ``reload`` and a ``status``
+request to the master over a socketpair.
+
 Hooks from the config (``on_starting``, ``when_ready``, ``pre_fork``, ``post_fork``,
 ``child_exit``, ``worker_exit``, ``nworkers_changed``, ``on_reload``, ``pre_exec``,
 ``on_exit``) are called with this object as ``server``: it has ``cfg``, ``log``, ``pid``,
@@ -59,6 +70,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from wsgi_zmq import control
 from wsgi_zmq import log as wlog
 from wsgi_zmq.errors import (
     EXIT_CONFIG,
@@ -69,6 +81,7 @@ from wsgi_zmq.errors import (
     ConfigError,
 )
 from wsgi_zmq.process import Pidfile, set_owner, set_process_title
+from wsgi_zmq.protocol import RESTART_REASONS
 
 log = logging.getLogger("wsgi_zmq.error.arbiter")
 
@@ -82,6 +95,14 @@ _FAST_STOP_SECONDS = 2.0
 _ABORT_GRACE_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0
 _READY_BIT = 0o2
+#: How a master started by USR2 finds the control socket the old one passes on: "FD:PATH".
+_CONTROL_FD_ENV = "WSGI_ZMQ_CONTROL_FD"
+
+
+def tmp_dir() -> str:
+    """Where the liveness files and the pool's stats file live: ``/dev/shm`` where there
+    is one (no disk is touched), else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
 class HaltServer(Exception):
@@ -100,8 +121,7 @@ class WorkerTmp:
     """
 
     def __init__(self, cfg: Any) -> None:
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="wsgi_zmq-", dir=directory)
+        fd, path = tempfile.mkstemp(prefix="wsgi_zmq-", dir=tmp_dir())
         os.unlink(path)
         if cfg.user is not None or cfg.group is not None:
             os.fchown(fd, cfg.user if cfg.user is not None else -1,
@@ -239,6 +259,26 @@ class Arbiter:
         self.scaler = Autoscaler(cfg) if cfg.max_workers else None
         if self.scaler is not None:
             self.num_workers = self.scaler.clamp(self.num_workers)
+        #: worker exits the master did not ask for, by reason (see ``restart_reason``)
+        self.restarts: dict[str, int] = dict.fromkeys(RESTART_REASONS, 0)
+        self.reload_requests = 0  # HUPs and ``reload`` commands (``reloads`` is internal)
+        self.stats_path = os.path.join(tmp_dir(), f"wsgi_zmq-pool-{self.pid}.json")
+        self.stats_written = b""  # what the stats file holds, b"" before the first write
+        self.stats_failed = False
+        # the control socket (``control_socket``): the listener this master bound (or was
+        # given by the master before it, USR2), its path to remove at exit, and the server
+        # of its select loop (handler pool: the listener; all-in-one: the link to the front)
+        self.control_listener: socket.socket | None = None
+        self.control_path: str | None = None
+        self.control: control.ControlServer | None = None
+        self.commands = control.Commands({
+            "status": (self._command(self.command_status), "",
+                       "the pool: its master, workers and restarts"),
+            "workers": (self._command(self.command_workers), "N",
+                        "run N workers (as TTIN/TTOU would)"),
+            "reload": (self._command(self.command_reload), "",
+                       "replace the workers with new ones (as HUP would)"),
+        })
 
     # -- signals ------------------------------------------------------------------------
 
@@ -263,9 +303,9 @@ class Arbiter:
                 raise
 
     def sleep(self, seconds: float = 1.0) -> None:
+        """Wait up to ``seconds`` for a signal; answer the control socket meanwhile."""
         try:
-            ready = select.select([self.wake_r], [], [], seconds)
-            if ready[0]:
+            if control.wait(self.control, [self.wake_r], seconds):
                 while os.read(self.wake_r, 64):
                     pass
         except (BlockingIOError, InterruptedError):
@@ -291,6 +331,8 @@ class Arbiter:
             if self.cfg.pidfile:
                 self.pidfile = Pidfile(self.cfg.pidfile)
                 self.pidfile.create(self.pid)
+            self.bind_control()
+            self.write_stats()
             if self.cfg.preload_app:
                 self.app = self.load_app()
             if self.with_front:
@@ -299,6 +341,7 @@ class Arbiter:
             log.info("Handler pool %d serving %s with %d worker(s)", self.pid,
                      self.app_uri, self.num_workers)
             self.manage_workers()
+            self.write_stats()
             self.call_hook("when_ready", self)
             while True:
                 sig = self.sig_queue.pop(0) if self.sig_queue else None
@@ -309,6 +352,7 @@ class Arbiter:
                     self.check_retiring()
                     self.autoscale()
                     self.manage_workers()
+                    self.write_stats()
                     continue
                 handler = getattr(self, "handle_" + SIG_NAMES[sig], None)
                 if handler is not None:
@@ -321,6 +365,8 @@ class Arbiter:
         except KeyboardInterrupt:
             self.stop(graceful=False)
         finally:
+            self.close_control()
+            self.remove_stats()
             self.call_hook("on_exit", self)
             if self.pidfile is not None:
                 self.pidfile.unlink(self.pid)
@@ -415,7 +461,12 @@ class Arbiter:
             log.info("Started a new master, pid %d; TERM this one (%d) once it serves", pid,
                      self.pid)
             return
-        self._child_reset()
+        self._child_reset(keep_control=True)
+        if self.control_listener is not None:
+            # the new master serves the same socket (both do until this one exits)
+            fd = self.control_listener.fileno()
+            os.set_inheritable(fd, True)
+            os.environ[_CONTROL_FD_ENV] = f"{fd}:{self.control_path}"
         self.call_hook("pre_exec", self)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
@@ -438,6 +489,7 @@ class Arbiter:
                 self.kill(child.pid, signal.SIGHUP)
         self.call_hook("on_reload", self)
         self.reloads += 1
+        self.reload_requests += 1
         old = [c for c in self.workers() if not c.reload or c.reload < self.reloads]
         self.retiring = old
         self.retire_deadline = time.monotonic() + max(self.cfg.timeout or 30, 30)
@@ -538,9 +590,32 @@ class Arbiter:
             reason = f"signal {-code}" if code < 0 else f"exit code {code}"
             if child.stopping or self.stopping:
                 log.info("%s %d exited (%s)", child.kind.capitalize(), pid, reason)
-            else:
+            elif child.kind != "worker":
                 log.warning("%s %d died (%s); replacing it", child.kind.capitalize(), pid,
                             reason)
+            else:
+                restart = self.restart_reason(child, code)
+                if restart is None:
+                    log.info("Worker %d exited by itself (%s); replacing it", pid, reason)
+                    continue
+                self.restarts[restart] += 1
+                if restart == "max_requests":
+                    log.info("Worker %d exited (%s, restart: max_requests); replacing it",
+                             pid, reason)
+                else:
+                    log.warning("Worker %d died (%s, restart: %s); replacing it", pid,
+                                reason, restart)
+
+    def restart_reason(self, child: Child, code: int) -> str | None:
+        """Why a worker the master did not stop exited: ``timeout`` (the master aborted it),
+        ``max_requests`` (exit code 0 with ``max_requests`` set: it recycled itself) or
+        ``crash`` (any other status, or a signal). None for exit code 0 without
+        ``max_requests`` (``reload`` found a changed file): not a restart."""
+        if child.aborted:
+            return "timeout"
+        if code == EXIT_OK:
+            return "max_requests" if self.cfg.max_requests else None
+        return "crash"
 
     def abort_reload(self, reason: str) -> None:
         """The new workers of a HUP cannot serve: stop them and keep the old ones."""
@@ -602,6 +677,7 @@ class Arbiter:
         endpoints = self.front_endpoints if self.with_front else self.endpoints
         worker = build_worker(self.cfg, self.app, endpoints, self.worker_age, self.pid)
         worker.tmp = WorkerTmp(self.cfg)
+        worker.pool_stats_path = self.stats_path
         self.call_hook("pre_fork", self, worker)
         pid = os.fork()
         if pid:
@@ -645,7 +721,7 @@ class Arbiter:
         ``run`` returns (never return into the master's code)."""
         status = EXIT_FAILURE
         try:
-            self._child_reset()
+            self._child_reset(keep_control=kind == "front")
             set_process_title(kind, self.proc_name)
             status = run()
         except SystemExit as exc:
@@ -668,9 +744,18 @@ class Arbiter:
         """Fork the front and wait until it reports the backend endpoints it bound."""
         report_r, report_w = os.pipe()
         backend = self.front_endpoints or list(self.cfg.backend)
+        link: socket.socket | None = None
+        if self.control_listener is not None:
+            # a new link per front: the old one ended with the front that held its other end
+            mine, link = socket.socketpair()
+            if self.control is not None:
+                self.control.close()
+            self.control = control.ControlServer(None, self.commands, extra=mine)
         pid = os.fork()
         if pid:
             os.close(report_w)
+            if link is not None:
+                link.close()
             self.children[pid] = Child(pid, "front", 0)
             log.info("Booting front with pid: %d", pid)
             self.front_endpoints = self._read_report(report_r, pid)
@@ -679,9 +764,13 @@ class Arbiter:
 
         def run() -> int:
             self.cfg.set("backend", backend)
+            self.cfg.set("control_socket", self.control_path)
             from wsgi_zmq.front.server import serve
 
-            return serve(self.cfg, listeners=self.listeners, report_fd=report_w)
+            shared = (self.control_listener, link) if self.control_listener is not None \
+                else None
+            return serve(self.cfg, listeners=self.listeners, report_fd=report_w,
+                         control=shared)
 
         self._child("front", run)
 
@@ -712,7 +801,11 @@ class Arbiter:
         endpoints: list[str] = json.loads(data.split(b"\n", 1)[0])["backend"]
         return endpoints
 
-    def _child_reset(self) -> None:
+    def _child_reset(self, keep_control: bool = False) -> None:
+        """In a forked child: undo the master's signal handlers, and close its pipe, the
+        liveness files, the control connections and (unless ``keep_control``: the front,
+        all-in-one, serves them; a master started by USR2 takes the control one over) the
+        listeners."""
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         os.close(self.wake_r)
@@ -721,6 +814,192 @@ class Arbiter:
         for child in self.children.values():
             if child.tmp is not None:
                 child.tmp.close()
+        if self.control is not None:
+            if keep_control:
+                self.control.listener = None  # so close() leaves it open
+            self.control.close()  # no path: the file is the master's
+            self.control = None
+        if not keep_control:
+            if self.control_listener is not None:
+                self.control_listener.close()
+                self.control_listener = None
+            for listener in self.listeners:  # the front's HTTP sockets: not a worker's
+                listener.close()
+            self.listeners = []
+
+    # -- the control socket and the stats file ----------------------------------------
+
+    def bind_control(self) -> None:
+        """Bind ``control_socket`` (or take over the one the master before this one passed
+        on, USR2). A handler pool serves it here; all-in-one, the front does (see
+        ``spawn_front``). Unusable: one line and exit 2."""
+        inherited = os.environ.pop(_CONTROL_FD_ENV, "")
+        path = self.cfg.control_socket
+        if not path:
+            return
+        sock = _inherited_listener(inherited, path)
+        if sock is None:
+            try:
+                sock = control.listen(path)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                raise HaltServer("the control socket cannot be used", EXIT_CONFIG) from None
+        self.control_listener = sock
+        self.control_path = path
+        if not self.with_front:
+            self.control = control.ControlServer(sock, self.commands)
+            log.info("Control socket at: %s (%d)", path, self.pid)
+
+    def close_control(self) -> None:
+        """Close the control socket; remove its file unless a master started by USR2
+        still serves it."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.control_listener is not None:
+            self.control_listener.close()
+            self.control_listener = None
+        if self.control_path is not None and not self.reexec_pid:
+            try:
+                os.unlink(self.control_path)
+            except OSError:
+                pass
+        self.control_path = None
+
+    def _command(self, run: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+        """``run`` as a control command: a failure of the master's own is logged and
+        answered, never raised into the main loop (HaltServer and StopIteration are)."""
+        def command(args: list[str]) -> Any:
+            try:
+                return run(args)
+            except (control.ControlError, ValueError, HaltServer, StopIteration):
+                raise
+            except Exception as exc:
+                log.exception("The control command failed")
+                raise control.ControlError(f"the master failed: {exc}") from None
+        return command
+
+    def command_status(self, args: list[str]) -> dict[str, Any]:
+        now, wall = time.monotonic(), time.time()
+        workers = []
+        for child in sorted(self.workers(), key=lambda c: c.age):
+            booted, last_beat = False, None
+            if child.tmp is not None:
+                try:
+                    booted = child.tmp.is_ready()
+                    last_beat = round(max(0.0, wall - child.tmp.last_update()), 3)
+                except OSError:
+                    pass
+            workers.append({"pid": child.pid, "age": child.age, "booted": booted,
+                            "started": round(now - child.booted, 3),
+                            "last_beat": last_beat})
+        return {
+            "kind": "pool",
+            "pid": self.pid,
+            "name": self.cfg.pool,
+            "version": self.cfg.pool_version,
+            "app": self.app_uri,
+            "connect": list(self.front_endpoints if self.with_front else self.endpoints),
+            "workers_wanted": self.num_workers,
+            "workers": workers,
+            "restarts": dict(self.restarts),
+            "reloads": self.reload_requests,
+        }
+
+    def command_workers(self, args: list[str]) -> dict[str, int]:
+        if len(args) != 1:
+            raise control.ControlError("usage: workers N")
+        try:
+            count = int(args[0])
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise control.ControlError(f"workers: expected a whole number >= 1, not "
+                                       f"{args[0]!r}")
+        if self.scaler is not None and count != self.scaler.clamp(count):
+            raise control.ControlError(
+                f"workers: {count} is outside min_workers..max_workers "
+                f"({self.scaler.low}..{self.scaler.high}), where the autoscaler keeps it")
+        if self.stopping:
+            raise control.ControlError("the pool is stopping")
+        previous = self.num_workers
+        if count != previous:
+            if self.scaler is not None:
+                self.scaler.changed = time.monotonic()  # its cooldown starts now
+            self.set_num_workers(count)
+        return {"previous": previous, "workers": count}
+
+    def command_reload(self, args: list[str]) -> dict[str, Any]:
+        if args:
+            raise control.ControlError("usage: reload")
+        if self.stopping:
+            raise control.ControlError("the pool is stopping")
+        self.handle_hup()
+        return {"reloading": True, "workers": self.num_workers}
+
+    def stats(self) -> dict[str, Any]:
+        return {"pool": self.cfg.pool, "version": self.cfg.pool_version, "master": self.pid,
+                "workers": len(self.workers()), "restarts": dict(self.restarts)}
+
+    def write_stats(self) -> None:
+        """Write ``stats()`` to ``stats_path`` if it changed, atomically (a file beside it,
+        then a rename), readable by the workers whatever user they run as."""
+        data = json.dumps(self.stats(), separators=(",", ":"), sort_keys=True).encode()
+        if data == self.stats_written:
+            return
+        directory, name = os.path.split(self.stats_path)
+        temp = None
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+            try:
+                os.fchmod(fd, 0o644)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(temp, self.stats_path)
+        except OSError as exc:
+            if temp is not None:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+            if not self.stats_failed:
+                self.stats_failed = True
+                log.warning("Cannot write the pool's stats to %s: %s", self.stats_path, exc)
+            return
+        self.stats_written = data
+
+    def remove_stats(self) -> None:
+        if self.stats_written:
+            try:
+                os.unlink(self.stats_path)
+            except OSError:
+                pass
+            self.stats_written = b""
+
+
+def _inherited_listener(inherited: str, path: str) -> socket.socket | None:
+    """The control listener a master passed on through USR2 (``FD:PATH``), if it is the
+    listening Unix socket bound at ``path``; else None."""
+    fd_text, _, given = inherited.partition(":")
+    if not fd_text.isdigit() or given != path:
+        return None
+    try:
+        sock = socket.socket(fileno=int(fd_text))
+    except OSError:
+        return None
+    try:
+        good = sock.family == socket.AF_UNIX and sock.getsockname() == path and \
+            bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        good = False
+    if not good:
+        sock.detach()
+        return None
+    sock.set_inheritable(False)
+    return sock
 
 
 def _exit(status: Any) -> None:

@@ -658,6 +658,88 @@ class MetricsBind(Setting):
     """
 
 
+def validate_control_socket(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = validate_string(value)
+    if text.startswith("tcp://") or re.fullmatch(r"[^/]*:\d+", text):
+        raise ValueError("the control socket is a Unix socket path (or ipc://PATH): its file "
+                         "mode keeps it to its owner, which no TCP port can")
+    path = text.removeprefix("ipc://")
+    if not path or "\0" in path:
+        raise ValueError("expected a file system path")
+    path = os.path.abspath(path)
+    if len(os.fsencode(path)) > 107:
+        raise ValueError(f"{path} is longer than a Unix socket path may be (107 bytes)")
+    return path
+
+
+class ControlSocket(Setting):
+    name = "control_socket"
+    section = "Server Socket"
+    roles = EVERY
+    cli = ("--control-socket",)
+    meta = "PATH"
+    validator = staticmethod(validate_control_socket)
+    since = "0.3.0"
+    desc = """A Unix socket for ``python -m wsgi_zmq.ctl PATH COMMAND``; off by default.
+
+    A front answers ``status``, ``drain`` and ``resume``; a handler pool's master answers
+    ``status``, ``workers N`` and ``reload``; all-in-one, the front answers all of them.
+    The socket is created owner-only (mode 0600): whoever may use it may stop the service.
+    A stale socket file left by a process that died is replaced; one a live process
+    answers on refuses the start. ``ipc://PATH`` is accepted for the same path.
+    """
+
+
+def validate_pool_name(value: Any) -> str:
+    text = validate_string(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text):
+        raise ValueError("a pool name has 1 to 64 letters, digits, '_', '.' or '-', "
+                         "starting with a letter or digit")
+    return text
+
+
+def validate_pool_version(value: Any) -> str:
+    text = validate_string(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", text):
+        raise ValueError("a version tag has up to 64 letters, digits, '_', '.', '+' or '-', "
+                         "starting with a letter or digit")
+    return text
+
+
+class Pool(Setting):
+    name = "pool"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--pool",)
+    meta = "NAME"
+    validator = staticmethod(validate_pool_name)
+    default = "default"
+    since = "0.3.0"
+    desc = """The name this handler pool announces to its fronts.
+
+    The front shows it in ``ctl status`` and its metrics; the access log atom
+    ``%(pool)s`` writes it (and ``%(version)s`` the ``pool_version``).
+    """
+
+
+class PoolVersion(Setting):
+    name = "pool_version"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--pool-version",)
+    meta = "TAG"
+    validator = staticmethod(validate_pool_version)
+    default = ""
+    since = "0.3.0"
+    desc = """The version of the app this pool runs (a release tag), announced to its fronts.
+
+    Shown beside the pool's name. ``--version`` keeps its usual meaning (print wsgi_zmq's
+    version and exit), so the tag has a name of its own.
+    """
+
+
 class Backlog(Setting):
     name = "backlog"
     section = "Server Socket"
@@ -1319,9 +1401,109 @@ class LogFormat(Setting):
     (ISO 8601, UTC), ``level``, ``pid``, ``logger``, ``message``, and ``exc_info`` with the
     traceback when there is one. Access log: ``time``, ``remote_addr``, ``user``,
     ``method``, ``uri``, ``protocol``, ``status`` (a number), ``bytes``, ``referer``,
-    ``user_agent``, ``duration_s``, ``queue_ms``, ``worker`` and ``pid``, whatever
-    ``access_log_format`` says. No header but the referer and the user agent is written,
-    so no credential can reach it.
+    ``user_agent``, ``duration_s``, ``queue_ms``, ``worker``, ``pool``, ``version`` and
+    ``pid``, whatever ``access_log_format`` says. No header but the referer and the user
+    agent is written, so no credential can reach it.
+    """
+
+
+#: statsd's port, when ``statsd_host`` names a host alone (as in gunicorn).
+STATSD_PORT: Final = 8125
+
+
+def parse_statsd_host(text: str) -> tuple[str, int] | str:
+    """A ``statsd_host``: ``(host, port)`` for UDP (``HOST:PORT``, ``[IPv6]:PORT``, or
+    ``HOST`` for port 8125), or the path of a Unix datagram socket (``unix:PATH`` or
+    ``unix://PATH``). ``unix:8125`` is the host ``unix``, as gunicorn reads it. Raises
+    ValueError."""
+    text = text.strip()
+    if text.startswith("unix:") and not re.fullmatch(r"unix:\d+", text):
+        path = text.removeprefix("unix://") if text.startswith("unix://") else text[5:]
+        if not path or "\0" in path:
+            raise ValueError("expected unix:PATH")
+        return path
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s\[\]/]+)(?::(\d+))?", text)
+    if not match:
+        raise ValueError("expected HOST:PORT, HOST (port 8125) or unix:PATH")
+    port = int(match.group(2) or match.group(4) or STATSD_PORT)
+    if not 0 < port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return match.group(1) or match.group(3), port
+
+
+def validate_statsd_host(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = validate_string(value).strip()
+    parse_statsd_host(text)
+    return text
+
+
+def validate_statsd_prefix(value: Any) -> str:
+    text = validate_string(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]*", text):
+        raise ValueError("a statsd prefix has letters, digits, '_', '-' and '.' only")
+    return text
+
+
+def validate_dogstatsd_tags(value: Any) -> str:
+    tags = [tag.strip() for tag in validate_string(value).split(",")]
+    if tags == [""]:
+        return ""
+    for tag in tags:
+        if not re.fullmatch(r"[A-Za-z0-9_.:/\-]+", tag):
+            raise ValueError(f"{tag!r}: a tag is key:value (or a bare value) of letters, "
+                             "digits, '_', '-', '.', '/' and ':', comma-separated")
+    return ",".join(tags)
+
+
+class StatsdHost(Setting):
+    name = "statsd_host"
+    section = "Logging"
+    roles = FRONT
+    cli = ("--statsd-host",)
+    meta = "STATSD_ADDR"
+    validator = staticmethod(validate_statsd_host)
+    since = "0.3.0"
+    desc = """Where the front sends statsd metrics (``HOST:PORT`` or ``unix:PATH``); off by default.
+
+    gunicorn's setting and metric names (``gunicorn.requests``,
+    ``gunicorn.request.duration``, ``gunicorn.request.status.<code>``, ``gunicorn.workers``),
+    so its dashboards work; ``docs/metrics.md`` lists them and the front's own. ``HOST``
+    alone means port 8125; ``unix://PATH`` is a Unix datagram socket too. The name is
+    resolved once, at start (a name that does not resolve is logged, and nothing is sent).
+    Lines are batched into datagrams of at most 1400 bytes, sent every 0.5 s or when full;
+    a datagram nobody receives is lost without slowing the front (failures are logged a few
+    times a minute at most).
+    """
+
+
+class StatsdPrefix(Setting):
+    name = "statsd_prefix"
+    section = "Logging"
+    roles = FRONT
+    cli = ("--statsd-prefix",)
+    meta = "STATSD_PREFIX"
+    validator = staticmethod(validate_statsd_prefix)
+    default = ""
+    since = "0.3.0"
+    desc = """A prefix for every statsd metric name (a trailing ``.`` is added if missing).
+    """
+
+
+class DogstatsdTags(Setting):
+    name = "dogstatsd_tags"
+    section = "Logging"
+    roles = FRONT
+    cli = ("--dogstatsd-tags",)
+    meta = "DOGSTATSD_TAGS"
+    validator = staticmethod(validate_dogstatsd_tags)
+    default = ""
+    since = "0.3.0"
+    desc = """Comma-separated DogStatsD tags added to every statsd line, as ``|#TAGS``.
+
+    For example ``env:prod,service:web``. Plain statsd servers do not read tags: leave it
+    empty for them.
     """
 
 

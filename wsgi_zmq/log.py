@@ -208,7 +208,8 @@ class Atoms(dict[str, Any]):
 
     def __init__(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
                  sent: int | None, started: float, duration: float, worker: str,
-                 queue_ms: float, secrets: bool = False) -> None:
+                 queue_ms: float, secrets: bool = False, pool: str = "-",
+                 version: str = "-") -> None:
         super().__init__()
         self.secrets = secrets
         self.environ = environ
@@ -219,6 +220,8 @@ class Atoms(dict[str, Any]):
         self.duration = duration
         self.worker = worker
         self.queue_ms = queue_ms
+        self.pool = pool
+        self.version = version
 
     def __missing__(self, key: str) -> Any:
         env = self.environ
@@ -266,6 +269,10 @@ class Atoms(dict[str, Any]):
             value = self.worker
         elif key == "queue_ms":
             value = f"{self.queue_ms:.3f}"
+        elif key == "pool":
+            value = self.pool
+        elif key == "version":
+            value = self.version
         elif key.startswith("{") and key.endswith("}i"):
             name = key[1:-2].upper().replace("-", "_")
             if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
@@ -311,6 +318,9 @@ class AccessLog:
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.keys = _ATOM.findall(self.format)
         self.json = getattr(cfg, "log_format", "text") == "json"
+        # the handler pool's name and version (a front has neither)
+        self.pool: str = getattr(cfg, "pool", None) or "-"
+        self.version: str = getattr(cfg, "pool_version", None) or "-"
 
     def write(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]],
               sent: int | None, started: float, duration: float, queue_ms: float = 0.0,
@@ -318,7 +328,7 @@ class AccessLog:
         """Format and write one line; a broken format is reported in the error log.
         ``request_line`` replaces the ``r`` atom (a job's is ``JOB service``)."""
         atoms = Atoms(environ, status, headers, sent, started, duration, self.worker,
-                      queue_ms, self.secrets)
+                      queue_ms, self.secrets, self.pool, self.version)
         if request_line is not None:
             atoms["r"] = request_line
         if self.json:
@@ -343,4 +353,4 @@ class AccessLog:
                 "bytes": sent if isinstance(sent, int) else 0, "referer": atoms["f"],
                 "user_agent": atoms["a"], "duration_s": round(atoms.duration, 6),
                 "queue_ms": round(atoms.queue_ms, 3), "worker": atoms.worker,
-                "pid": os.getpid()}
+                "pool": atoms.pool, "version": atoms.version, "pid": os.getpid()}

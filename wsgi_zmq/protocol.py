@@ -33,10 +33,14 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     (the chunked terminator); END_ABORT means cut the connection instead.
     CREDIT    both  n:u32: the receiver may send n more BODY (W->F grant) / CHUNK (F->W grant)
     CANCEL    F->W  empty: the client went away or timed out; stop and close the app iterator
-    READY     W->F  capacity:u32 window:u16 pid:u32 flags:u8 host (utf-8): a worker offers
+    READY     W->F  capacity:u32 window:u16 pid:u32 flags:u8 names: a worker offers
                     ``capacity`` (READY_CONCURRENT: it serves them at once, not in order);
                     it takes ``window`` BODY records per request before it grants
-                    CREDIT (none before its first CREDIT when the request has REQ_EXPECT)
+                    CREDIT (none before its first CREDIT when the request has REQ_EXPECT).
+                    names = NUL-joined utf-8: host, job service (empty for HTTP), pool
+                    name, pool version, the pool master's pid in decimal; every field
+                    after host may be left out (a worker of 0.2 sends only host, or host
+                    and service): pool ``default``, no version, master 0
     HEARTBEAT both  liveness probe; from the front it may carry queued:u32, the number of
                     requests waiting in its queue (workers report it to their master,
                     which scales the pool on it). A front's HEARTBEAT with a nonzero rid is
@@ -53,6 +57,9 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     offset as REQUEST's
     JOB_REPLY W->F  flags:u8 nframes:u16 then nframes times (length:u32 frame[length]):
                     the reply's frames; JOB_FINAL marks the last, which ends the exchange
+    STATS     W->F  a JSON object (utf-8, at most MAX_STATS bytes): the worker's pool
+                    master's figures (``workers``, ``restarts`` by reason), sent in a frame
+                    of its own when they change, for the front's metrics
 
 Every exchange the front dispatched ends with exactly one final record from the worker:
 RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
@@ -64,6 +71,7 @@ truncated or too short for its kind; callers log it and drop the frame.
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Final, NamedTuple
 
@@ -87,11 +95,13 @@ REJECT: Final = 11
 BYE: Final = 12
 JOB: Final = 13
 JOB_REPLY: Final = 14
+STATS: Final = 15
 
 KIND_NAMES: Final = {
     REQUEST: "REQUEST", BODY: "BODY", RESPONSE: "RESPONSE", CHUNK: "CHUNK", END: "END",
     CREDIT: "CREDIT", CANCEL: "CANCEL", READY: "READY", HEARTBEAT: "HEARTBEAT",
     ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE", JOB: "JOB", JOB_REPLY: "JOB_REPLY",
+    STATS: "STATS",
 }
 
 # REQUEST flags
@@ -130,6 +140,13 @@ RESP_CLOSE: Final = 0x02         # close the client connection after this respon
 END_CLOSE: Final = 0x02          # close the connection after writing the tail
 END_ABORT: Final = 0x04          # the response is incomplete: cut the connection, no tail
 
+#: A STATS payload may not be longer than this.
+MAX_STATS: Final = 4096
+#: The pool of a worker that names none.
+DEFAULT_POOL: Final = "default"
+#: READY's names may not be longer than this (host, service, pool, version, master).
+MAX_READY_NAMES: Final = 1024
+
 RECORD_HEAD: Final = struct.Struct("!BQI")
 REQUEST_HEAD: Final = struct.Struct("!BHHHHII")
 RESPONSE_HEAD: Final = struct.Struct("!BI")
@@ -147,6 +164,7 @@ _MIN_PAYLOAD: Final = {
     REQUEST: REQUEST_HEAD.size, BODY: 0, RESPONSE: RESPONSE_HEAD.size, CHUNK: 0, END: 0,
     CREDIT: U32.size, CANCEL: 0, READY: READY_HEAD.size, HEARTBEAT: 0, ERROR: U16.size,
     REJECT: 0, BYE: 0, JOB: JOB_HEAD.size, JOB_REPLY: JOB_REPLY_HEAD.size,
+    STATS: 2,
 }
 _STRINGS_BEFORE_HEADERS: Final = 6
 
@@ -190,7 +208,8 @@ class ResponseHead(NamedTuple):
 
 class Ready(NamedTuple):
     """The decoded READY payload. ``service`` is the job service of a job worker (READY_JOB),
-    sent after the host and a NUL; empty for an HTTP worker."""
+    empty for an HTTP worker; ``pool``, ``version`` and ``master`` name the handler pool
+    it belongs to."""
 
     capacity: int
     window: int
@@ -198,6 +217,9 @@ class Ready(NamedTuple):
     host: str
     flags: int = 0
     service: str = ""
+    pool: str = DEFAULT_POOL
+    version: str = ""
+    master: int = 0
 
 
 class JobHead(NamedTuple):
@@ -324,6 +346,49 @@ def encode_signal(kind: int, rid: int = 0) -> bytes:
     return _pack_record(kind, rid, 0)
 
 
+def encode_stats(payload: bytes) -> bytes:
+    """Encode STATS: the pool master's figures, a JSON object of at most ``MAX_STATS``
+    bytes."""
+    if len(payload) > MAX_STATS:
+        raise ValueError(f"STATS payload of {len(payload)} bytes")
+    return _pack_record(STATS, 0, len(payload)) + payload
+
+
+#: The reasons a pool master counts worker restarts under (STATS ``restarts``).
+RESTART_REASONS: Final = ("timeout", "max_requests", "crash")
+
+
+class PoolStats(NamedTuple):
+    """The decoded STATS payload: live workers and restarts by reason."""
+
+    workers: int
+    restarts: dict[str, int]
+
+
+def decode_stats(payload: bytes) -> PoolStats:
+    """Decode STATS; raises ``ProtocolError`` for anything but the documented object."""
+    if len(payload) > MAX_STATS:
+        raise ProtocolError(f"STATS of {len(payload)} bytes")
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        raise ProtocolError("STATS is not JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("STATS is not a JSON object")
+    workers = obj.get("workers", 0)
+    restarts = obj.get("restarts", {})
+    if type(workers) is not int or not 0 <= workers < 1 << 32 or not isinstance(restarts,
+                                                                              dict):
+        raise ProtocolError("STATS: workers must be a count and restarts an object")
+    counts = {}
+    for reason in RESTART_REASONS:
+        n = restarts.get(reason, 0)
+        if type(n) is not int or not 0 <= n < 1 << 63:
+            raise ProtocolError(f"STATS: restarts[{reason!r}] is not a count")
+        counts[reason] = n
+    return PoolStats(workers, counts)
+
+
 def encode_heartbeat(queued: int = 0) -> bytes:
     """Encode the front's HEARTBEAT, with the depth of its queue."""
     return _pack_record(HEARTBEAT, 0, U32.size) + U32.pack(min(queued, 0xFFFFFFFF))
@@ -343,12 +408,11 @@ def decode_heartbeat(payload: bytes) -> int:
 
 
 def encode_ready(capacity: int, window: int, pid: int, host: str, flags: int = 0,
-                 service: str = "") -> bytes:
-    """Encode READY: the worker (``pid`` on ``host``) offers ``capacity`` requests (jobs of
-    ``service`` with READY_JOB)."""
-    name = host.encode("utf-8")
-    if service:
-        name += b"\0" + service.encode("utf-8")
+                 service: str = "", pool: str = DEFAULT_POOL, version: str = "",
+                 master: int = 0) -> bytes:
+    """Encode READY: the worker (``pid`` on ``host``, of the pool ``pool`` whose master is
+    ``master``) offers ``capacity`` requests (jobs of ``service`` with READY_JOB)."""
+    name = "\0".join((host, service, pool, version, str(master))).encode("utf-8")
     return (_pack_record(READY, 0, READY_HEAD.size + len(name))
             + READY_HEAD.pack(capacity, window, pid, flags) + name)
 
@@ -397,10 +461,20 @@ def decode_ready(payload: bytes) -> Ready:
     capacity, window, pid, flags = READY_HEAD.unpack_from(payload)
     if capacity < 1 or window < 1:
         raise ProtocolError("READY with capacity or window 0")
-    host, _, service = payload[READY_HEAD.size:].decode("utf-8", "replace").partition("\0")
+    names = payload[READY_HEAD.size:]
+    if len(names) > MAX_READY_NAMES:
+        raise ProtocolError(f"READY names longer than {MAX_READY_NAMES} bytes")
+    fields = names.decode("utf-8", "replace").split("\0")
+    if len(fields) > 5:
+        raise ProtocolError("READY with more than five names")
+    fields += [""] * (5 - len(fields))
+    host, service, pool, version, master = fields
     if bool(flags & READY_JOB) != bool(service):
         raise ProtocolError("READY_JOB needs a service name, and only a job worker has one")
-    return Ready(capacity, window, pid, host, flags, service)
+    if master and not (master.isdigit() and master.isascii() and len(master) <= 10):
+        raise ProtocolError(f"READY with a master pid that is no number: {master!r}")
+    return Ready(capacity, window, pid, host, flags, service, pool or DEFAULT_POOL, version,
+                 int(master or 0))
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

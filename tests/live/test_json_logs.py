@@ -24,9 +24,10 @@ def test_error_and_access_logs_are_json_lines(stack, tmp_path):
     assert first["method"] == "GET" and first["status"] == 200
     assert first["protocol"] == "HTTP/1.1" and first["user_agent"] == "probe/1"
     assert first["remote_addr"] == "127.0.0.1" and first["bytes"] > 0
+    assert (first["pool"], first["version"]) == ("default", "-")
     assert set(first) == {"time", "remote_addr", "user", "method", "uri", "protocol",
                           "status", "bytes", "referer", "user_agent", "duration_s",
-                          "queue_ms", "worker", "pid"}
+                          "queue_ms", "worker", "pool", "version", "pid"}
     assert any(line["status"] == 500 for line in lines)
     poll_until(lambda: "Traceback" in proc.log() or "exc_info" in proc.log(), 10)
     errors = [json.loads(line) for line in proc.log().splitlines() if line.strip()]

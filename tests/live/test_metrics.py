@@ -3,12 +3,13 @@ parsed with ``prometheus_client.parser`` after known traffic."""
 
 from __future__ import annotations
 
+import os
 import signal
 import urllib.request
 
 import pytest
 
-from support import exchange, get, poll_until
+from support import exchange, get, logged_pids, poll_until
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -92,3 +93,32 @@ def test_health_on_the_metrics_bind_and_nothing_else(stack):
     poll_until(lambda: status("/healthz") == 200, 10)
     assert status("/other") == 404
     assert exchange(port, get("/metrics"))[0][0].body == b"Hello, world!\n"  # the app's
+
+
+def test_pool_masters_report_their_workers_and_restarts(stack, tmp_path):
+    """1. a front with --metrics-bind and a two-worker pool named web 2. its workers pass
+    their master's figures on (STATS): pool_workers is 2, no restarts 3. SIGKILL one
+    worker: the master replaces it and the front counts one crash restart for web
+    4. the pool's metrics carry its name, not the lane's."""
+    front, port, endpoint = stack.front("--metrics-bind", "127.0.0.1:0")
+    mport = metrics_port(front)
+    pool = stack.handler("apps.echo:router", endpoint, "--workers", "2", "--pool", "web")
+    front.wait_for_log(r"Worker \d+@\S+ connected", count=2)
+    s = poll_until(lambda: (lambda m: m if m.get("wsgi_zmq_pool_workers") else None)(
+        scrape(mport)), 10)
+    assert s["wsgi_zmq_pool_workers"] == {(("pool", "web"),): 2}
+    assert s["wsgi_zmq_workers"][(("pool", "web"),)] == 2
+    restarts = s["wsgi_zmq_pool_restarts_total"]
+    assert restarts == {(("pool", "web"), ("reason", r)): 0
+                        for r in ("timeout", "max_requests", "crash")}
+    os.kill(logged_pids(pool)[0], signal.SIGKILL)
+    front.wait_for_log(r"Worker \d+@\S+ connected", count=3)
+
+    def crashed():
+        m = scrape(mport)
+        total = m.get("wsgi_zmq_pool_restarts_total", {})
+        return m if total.get((("pool", "web"), ("reason", "crash"))) == 1 else None
+
+    s = poll_until(crashed, 15, message="one crash restart counted")
+    assert s["wsgi_zmq_pool_workers"] == {(("pool", "web"),): 2}
+    assert exchange(port, get("/"))[0][0].status == 200

@@ -80,6 +80,7 @@ from wsgi_zmq.protocol import (
     REJECT,
     RESP_END,
     RESPONSE,
+    STATS,
 )
 
 log = logging.getLogger("wsgi_zmq.error.dispatcher")
@@ -303,7 +304,9 @@ class Peer:
 
     __slots__ = ("ident", "capacity", "window", "pid", "host", "outbox", "slots", "leaving",
                  "gone", "line", "progress", "concurrent", "failures", "ejections",
-                 "ejected_until", "probe_rid", "probed_at", "lane", "idempotent", "link")
+                 "ejected_until", "probe_rid", "probed_at", "lane", "idempotent", "link",
+                 "pool", "version", "master", "drained", "served", "busy", "changed",
+                 "heard", "since")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str,
                  lane: Lane) -> None:
@@ -329,6 +332,19 @@ class Peer:
         self.ejected_until = 0.0  # nonzero while ejected: when probing may start
         self.probe_rid = 0
         self.probed_at = 0.0
+        # what the control socket shows: the pool it belongs to (name, version, its master's
+        # pid), whether an operator drained it, requests it finished, the integral of its
+        # slots held over time (``busy`` seconds, up to ``changed``), when its last frame
+        # came, and when it connected
+        self.pool = protocol.DEFAULT_POOL
+        self.version = ""
+        self.master = 0
+        self.drained = False  # ``ctl drain``: gets nothing new until ``ctl resume``
+        self.served = 0
+        self.busy = 0.0
+        self.changed = 0.0
+        self.heard = 0.0
+        self.since = 0.0
 
     @property
     def inflight(self) -> int:
@@ -341,7 +357,7 @@ class Peer:
     @property
     def eligible(self) -> bool:
         """May it be given new requests (capacity aside)?"""
-        return not (self.leaving or self.gone or self.ejected_until)
+        return not (self.leaving or self.gone or self.ejected_until or self.drained)
 
     def __repr__(self) -> str:
         return f"<worker {self.pid}@{self.host} {len(self.slots)}/{self.capacity}>"
@@ -398,6 +414,12 @@ class Dispatcher:
         self.heartbeat: float = cfg.heartbeat
         self.window: int = cfg.window
         self.peers: dict[bytes, Peer] = {}
+        # pools an operator drained (``ctl drain POOL``): their workers, including those
+        # that connect later, get nothing new until ``ctl resume``
+        self.drained_pools: set[str] = set()
+        # what each pool master (host, pid) last reported through its workers (STATS):
+        # its pool's name and its figures; forgotten with its last worker
+        self.pool_stats: dict[tuple[str, int], tuple[str, protocol.PoolStats]] = {}
         self.http = Lane(HTTP)
         self.lanes: dict[str, Lane] = {HTTP: self.http}
         # the HTTP lane's, under the names the front and its tests use
@@ -667,6 +689,9 @@ class Dispatcher:
         ex.deadline = self.clock() + self.request_timeout
         ex.body_credit = 0
         ex.body_sent = 0
+        now = self.clock()
+        peer.busy += (now - peer.changed) * len(peer.slots)
+        peer.changed = now
         peer.slots[ex.rid] = ex
         if len(peer.slots) < peer.capacity and peer.line == _UNLISTED:
             peer.lane.ready.append(peer)
@@ -697,8 +722,10 @@ class Dispatcher:
         ``progressed`` is false for a request the worker handed back unstarted: that is no
         sign the worker is moving again, so a stalled one gets nothing from the queue.
         """
-        del peer.slots[rid]
         now = self.clock()
+        peer.busy += (now - peer.changed) * len(peer.slots)
+        peer.changed = now
+        del peer.slots[rid]
         if progressed:
             peer.progress = now
         if peer.leaving:
@@ -730,6 +757,7 @@ class Dispatcher:
         ex.move(DONE)
         ex.worker = None
         peer.failures = 0
+        peer.served += 1
         self._release(peer, ex.rid)
 
     def _drain_queue(self, lane: Lane) -> None:
@@ -880,6 +908,8 @@ class Dispatcher:
             self.malformed.warning("Dropped a malformed message from %r: %s", ident, exc)
             return
         peer = self.peers.get(ident)
+        if peer is not None:
+            peer.heard = self.clock()
         for kind, rid, payload in records:
             if peer is None or kind == READY:
                 if kind == READY:
@@ -910,6 +940,13 @@ class Dispatcher:
                     self._abandon(peer, rid, _is_final(kind, payload))
             elif kind == BYE:
                 self._on_bye(peer)
+            elif kind == STATS:
+                try:
+                    stats = protocol.decode_stats(payload)
+                except ProtocolError as exc:
+                    self.malformed.warning("Dropped a malformed STATS from %r: %s", peer, exc)
+                else:
+                    self.pool_stats[(peer.host, peer.master)] = (peer.pool, stats)
             elif kind != HEARTBEAT:
                 self.malformed.warning("Dropped %s without a request id from %r",
                                        protocol.KIND_NAMES[kind], peer)
@@ -1027,12 +1064,12 @@ class Dispatcher:
             peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host, lane)
             peer.concurrent = concurrent
             peer.idempotent = bool(ready.flags & protocol.READY_IDEMPOTENT)
-            self.peers[ident] = peer
-            lane.members += 1
-            self._list(peer)
+            peer.pool, peer.version, peer.master = ready.pool, ready.version, ready.master
+            self._arrived(ident, peer)
             what = f" for service {ready.service!r}" if ready.service else ""
-            log.info("Worker %s@%s connected%s, capacity %d", ready.pid, ready.host, what,
-                     ready.capacity)
+            log.info("Worker %s@%s connected%s, capacity %d, pool %s%s", ready.pid,
+                     ready.host, what, ready.capacity, ready.pool,
+                     f" {ready.version}" if ready.version else "")
         self._drain_queue(peer.lane)
         return peer
 
@@ -1051,13 +1088,65 @@ class Dispatcher:
             lane = self.lanes[service] = Lane(service)
         peer = Peer(key, 1, 1, pid, host, lane)
         peer.link = link
-        self.peers[key] = peer
-        lane.members += 1
-        self._list(peer)
+        peer.pool = service
+        self._arrived(key, peer)
         self.foreign.info("Worker %s@%s connected for service %r, capacity 1", pid, host,
                           service)
         self._drain_queue(lane)
         return peer
+
+    def _arrived(self, key: bytes, peer: Peer) -> None:
+        """A new worker joins its lane (drained at once if its pool is)."""
+        now = self.clock()
+        peer.since = peer.heard = peer.changed = now
+        peer.drained = peer.pool in self.drained_pools
+        self.peers[key] = peer
+        peer.lane.members += 1
+        self._list(peer)
+
+    # -- operators (the control socket) ---------------------------------------------------
+
+    def select(self, target: str) -> list[Peer]:
+        """The workers ``target`` names: a pool's name, or a worker as ``PID`` or
+        ``PID@HOST``."""
+        pid, _, host = target.partition("@")
+        if pid.isdigit():
+            return [peer for peer in self.peers.values()
+                    if peer.pid == int(pid) and (not host or peer.host == host)]
+        return [peer for peer in self.peers.values() if peer.pool == target]
+
+    def drain(self, target: str) -> list[Peer]:
+        """Give the workers ``target`` names nothing new; what they hold, they finish.
+        A pool stays drained for workers that join it later. The workers drained now."""
+        peers = self.select(target)
+        pid, _, _ = target.partition("@")
+        if not pid.isdigit():
+            self.drained_pools.add(target)
+        for peer in peers:
+            if not peer.drained:
+                self._unlist(peer)
+                peer.drained = True
+        log.info("Drained %s: %d worker(s)", target, len(peers))
+        return peers
+
+    def resume(self, target: str | None = None) -> list[Peer]:
+        """Undo ``drain`` for ``target``, or for every drained worker and pool."""
+        if target is None:
+            self.drained_pools.clear()
+            peers = [peer for peer in self.peers.values() if peer.drained]
+        else:
+            self.drained_pools.discard(target)
+            peers = [peer for peer in self.select(target) if peer.drained]
+        lanes = []
+        for peer in peers:
+            peer.drained = False
+            self._list(peer)
+            if peer.lane not in lanes:
+                lanes.append(peer.lane)
+        for lane in lanes:
+            self._drain_queue(lane)
+        log.info("Resumed %s: %d worker(s)", target or "every drained worker", len(peers))
+        return peers
 
     def receive(self, key: bytes, records: list[bytes]) -> None:
         """Records from the foreign worker ``key``, as if our ROUTER had received them."""
@@ -1107,6 +1196,10 @@ class Dispatcher:
         peer.outbox = []
         self.peers.pop(peer.ident, None)
         self.keys.pop(peer.ident, None)
+        master = (peer.host, peer.master)
+        if master in self.pool_stats and not any(
+                (p.host, p.master) == master for p in self.peers.values()):
+            del self.pool_stats[master]
 
     # -- failures -----------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ its type, labels and meaning; ``docs/metrics.md`` is generated from it
 (``scripts/gen_metrics_doc.py``).
 
 Labels are bounded: ``method`` is one of the standard methods or ``other``, ``status`` a
-class (``2xx``), ``reason`` one of ``FRONT_REASONS``, ``pool`` the HTTP workers
-(``default``) or a job service's name; never a path.
+class (``2xx``), ``reason`` one of ``FRONT_REASONS`` (or of the restart reasons),
+``pool`` a handler pool's name (``--pool``; a job pool's default is its service) or, in
+``queue_depth``, the lane's (``default`` for HTTP, else the job service); never a path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import bisect
 import logging
 from collections.abc import Iterator
 from typing import Any, Final, NamedTuple
+
+from wsgi_zmq.protocol import DEFAULT_POOL, RESTART_REASONS
 
 log = logging.getLogger("wsgi_zmq.error.front")
 
@@ -40,8 +43,9 @@ _METHODS: Final = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"D
                                            b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE")}
 #: Why the front answered a request itself.
 FRONT_REASONS: Final = ("400", "408", "413", "431", "4xx", "502", "503", "504", "5xx")
-#: The HTTP workers' pool label (their lane has no service name).
-HTTP_POOL: Final = "default"
+#: The HTTP lane's label in ``queue_depth`` (it has no service name), and the pool of
+#: workers that name none.
+HTTP_POOL: Final = DEFAULT_POOL
 
 
 class Metric(NamedTuple):
@@ -73,7 +77,8 @@ METRICS: Final = (
            "Bytes written to HTTP clients."),
     Metric("connections", "gauge", (), "Client connections open."),
     Metric("queue_depth", "gauge", ("pool",),
-           "Requests waiting in the front for a free worker of the pool."),
+           "Requests waiting in the front for a free worker: HTTP requests under "
+           "default, jobs under their service."),
     Metric("queue_wait_seconds", "histogram", (),
            "How long dispatched requests waited in the queue (0 for those that did not)."),
     Metric("workers", "gauge", ("pool",), "Workers connected, by pool."),
@@ -81,6 +86,13 @@ METRICS: Final = (
            "Requests the pool's connected workers may hold at once (their READY capacity)."),
     Metric("worker_busy_ratio", "gauge", ("pool",),
            "Requests the pool's workers hold, as a share of their capacity."),
+    Metric("pool_workers", "gauge", ("pool",),
+           "Worker processes the pool's masters run, as they last reported (STATS): "
+           "workers still booting or not connected to this front count too."),
+    Metric("pool_restarts_total", "counter", ("pool", "reason"),
+           "Workers the pool's masters replaced without being asked, by reason: timeout "
+           "(silent past --timeout), max_requests (recycled), crash (any other exit). "
+           "Summed over the masters connected now."),
 )
 
 
@@ -123,13 +135,16 @@ class FrontMetrics:
         self.sent = 0
         self.queue_wait = Histogram(WAIT_BUCKETS)
         self.unqueued = 0  # dispatched at once: queue_wait's first bucket, added on scrape
+        self.statsd: Any = None  # a StatsdClient (statsd_host): told of each answer too
 
-    def answered(self, method: bytes, status_class: int, seconds: float) -> None:
-        """One request's answer is complete (``status_class``: 2 for 2xx)."""
-        key = (_METHODS.get(method, "other"), status_class)
+    def answered(self, method: bytes, status: int, seconds: float) -> None:
+        """One request's answer is complete, with ``status`` (200)."""
+        key = (_METHODS.get(method, "other"), status // 100)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         self.duration.observe(seconds)
+        if self.statsd is not None:
+            self.statsd.answered(status, seconds)
 
     def front_answer(self, status: int) -> None:
         """The front answered a request itself with ``status``."""
@@ -200,13 +215,13 @@ class FrontCollector:
         room: dict[str, int] = {}
         count: dict[str, int] = {}
         for peer in dispatcher.peers.values():
-            pool = peer.lane.service or HTTP_POOL
+            pool = peer.pool
             count[pool] = count.get(pool, 0) + 1
             room[pool] = room.get(pool, 0) + peer.capacity
             held[pool] = held.get(pool, 0) + len(peer.slots)
         for service, lane in sorted(dispatcher.lanes.items()):
-            pool = service or HTTP_POOL
-            depth.add_metric([pool], len(lane.queue))
+            depth.add_metric([service or HTTP_POOL], len(lane.queue))
+        for pool in sorted(count.keys() | {HTTP_POOL}):
             workers.add_metric([pool], count.get(pool, 0))
             capacity.add_metric([pool], room.get(pool, 0))
             busy.add_metric([pool], held.get(pool, 0) / room[pool] if room.get(pool) else 0.0)
@@ -218,6 +233,20 @@ class FrontCollector:
         yield workers
         yield capacity
         yield busy
+        running = gauge("pool_workers", ("pool",))
+        restarts = counter("pool_restarts_total", ("pool", "reason"))
+        ran: dict[str, int] = {}
+        replaced: dict[tuple[str, str], int] = {}
+        for pool, stats in dispatcher.pool_stats.values():
+            ran[pool] = ran.get(pool, 0) + stats.workers
+            for reason, n in stats.restarts.items():
+                replaced[(pool, reason)] = replaced.get((pool, reason), 0) + n
+        for pool, n in sorted(ran.items()):
+            running.add_metric([pool], n)
+            for reason in RESTART_REASONS:
+                restarts.add_metric([pool, reason], replaced.get((pool, reason), 0))
+        yield running
+        yield restarts
 
 
 class MetricsServer:

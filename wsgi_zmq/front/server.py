@@ -34,6 +34,7 @@ connection pays nothing for it. ALPN offers ``http/1.1`` only: HTTP/2 is not ser
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import json
 import logging
@@ -107,7 +108,7 @@ class HttpExchange(Exchange):
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
         self.head = head
-        self.status = 0  # its answer's status class, 2 for 2xx (metrics; 0: not counted)
+        self.status = 0  # its answer's status, 200 (metrics; 0: not counted)
         self.read_at = 0.0  # when its head was read (for the metrics)
         self.pending: collections.deque[bytes] = collections.deque()
         self.request_done = False
@@ -442,9 +443,10 @@ class Connection:
     def on_response(self, ex: Exchange, flags: int, payload: bytes) -> None:
         if self.server.metrics is not None:
             assert isinstance(ex, HttpExchange)
-            # the first digit of "HTTP/1.1 200"; a worker's head is not trusted to have one
-            digit = payload[_STATUS_CLASS_AT] - 48 if len(payload) > _STATUS_CLASS_AT else 0
-            ex.status = digit if 1 <= digit <= 5 else 0
+            # the 200 of "HTTP/1.1 200"; a worker's head is not trusted to have one
+            code = payload[_STATUS_CLASS_AT:_STATUS_CLASS_AT + 3]
+            ex.status = int(code) if len(code) == 3 and code.isdigit() and 49 <= code[0] <= 53 \
+                else 0
         self._write(memoryview(payload)[_RESPONSE_DATA:])
         if flags & RESP_END:
             self._response_done(ex, flags & RESP_CLOSE)
@@ -476,7 +478,7 @@ class Connection:
         self.server.dispatcher.cancel(ex)  # done already, unless the sink answers itself
         metrics = self.server.metrics
         if metrics is not None:
-            ex.status = error.status // 100
+            ex.status = error.status
             metrics.front_answer(error.status)
         close = error.close or not ex.request_done
         version = "1.0" if ex.head.version == b"HTTP/1.0" else "1.1"
@@ -517,7 +519,7 @@ class Connection:
         metrics = self.server.metrics
         if metrics is not None:
             metrics.front_answer(error.status)
-            metrics.answered(b"", error.status // 100, 0.0)
+            metrics.answered(b"", error.status, 0.0)
         answer = error.render(server=self.server.cfg.server_header)
         self.server.log_access(self, None, error, answer)
         self._close_after(answer)
@@ -1116,7 +1118,8 @@ class Listener:
 class FrontServer:
     """The front process: listeners, connections, the dispatcher, and its lifecycle."""
 
-    def __init__(self, cfg: Any, sockets: list[socket.socket] | None = None) -> None:
+    def __init__(self, cfg: Any, sockets: list[socket.socket] | None = None,
+                 control: tuple[socket.socket, socket.socket | None] | None = None) -> None:
         self.cfg = cfg
         self.loop = gevent.get_hub().loop
         self.limits = Limits(cfg.limit_request_line, cfg.limit_request_fields,
@@ -1136,12 +1139,20 @@ class FrontServer:
         self.accept_paused = False
         _raise_file_limit(self.max_connections)
         self.dispatcher = Dispatcher(cfg, self.loop)
-        self.metrics: Any = None  # FrontMetrics, with metrics_bind
+        self.metrics: Any = None  # FrontMetrics, with metrics_bind or control_socket
         self.exporter: Any = None
-        if cfg.metrics_bind:
-            from wsgi_zmq.front.metrics import FrontMetrics, MetricsServer
+        self.statsd: Any = None  # the StatsdClient, with statsd_host
+        if cfg.metrics_bind or cfg.control_socket or cfg.statsd_host:
+            from wsgi_zmq.front.metrics import FrontMetrics
 
             self.metrics = self.dispatcher.metrics = FrontMetrics()
+        if cfg.statsd_host:
+            from wsgi_zmq.front.statsd import StatsdClient
+
+            self.statsd = self.metrics.statsd = StatsdClient(cfg, self, self.metrics)
+        if cfg.metrics_bind:
+            from wsgi_zmq.front.metrics import MetricsServer
+
             host, port = parse_bind(cfg.metrics_bind)
             self.exporter = MetricsServer(cfg, self, self.metrics,
                                           listen(host, port, cfg.backlog))
@@ -1170,12 +1181,26 @@ class FrontServer:
                                for name, value in cfg.secure_scheme_headers.items()}
         self.health_path: bytes | None = (cfg.health_path.encode("ascii")
                                           if cfg.health_path else None)
+        # the control socket: bound here (standalone), or by the supervisor, which passes
+        # it and the front's end of a socketpair to itself (all-in-one)
+        self.control: Any = None
+        self.control_path: str | None = None  # the file to remove at the end (ours)
+        if cfg.control_socket:
+            from wsgi_zmq.control import listen as control_listen
+            from wsgi_zmq.front.control import FrontControl
+
+            if control is None:
+                control = (control_listen(cfg.control_socket), None)
+                self.control_path = cfg.control_socket
+            self.control = FrontControl(self, *control)
 
     def health(self) -> tuple[int, str]:
         """(status, reason) of the ``health_path`` answer."""
         if self.draining:
             return 503, "draining: the front is stopping"
         if not self.dispatcher.serves(HTTP):
+            if self.dispatcher.http.members:
+                return 503, "no HTTP worker takes work: each is drained, ejected or leaving"
             return 503, "no HTTP worker is connected"
         return 200, "ok"
 
@@ -1234,6 +1259,11 @@ class FrontServer:
         if self.exporter is not None:
             self.exporter.start()
             log.info("Metrics at: %s/metrics (%d)", self.exporter.url, os.getpid())
+        if self.statsd is not None:
+            self.statsd.start()
+        if self.control is not None:
+            self.control.start()
+            log.info("Control socket at: %s (%d)", self.cfg.control_socket, os.getpid())
         log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
 
     def check(self) -> None:
@@ -1306,6 +1336,13 @@ class FrontServer:
         self.dispatcher.flush()
         if self.exporter is not None:
             self.exporter.stop()
+        if self.statsd is not None:
+            self.statsd.close()  # a last flush
+        if self.control is not None:
+            self.control.stop()
+            if self.control_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.control_path)
         if self.jobs is not None:
             self.jobs.close()
         self.dispatcher.close()
@@ -1329,17 +1366,19 @@ def _raise_file_limit(connections: int) -> None:
 
 
 def serve(cfg: Any, listeners: list[socket.socket] | None = None,
-          report_fd: int | None = None) -> int:
+          report_fd: int | None = None,
+          control: tuple[socket.socket, socket.socket | None] | None = None) -> int:
     """Run a front until ``TERM`` (drain within ``graceful_timeout``) or ``INT``/``QUIT``.
 
     ``listeners`` are sockets already bound by a supervisor; ``report_fd`` receives one JSON
-    line with the backend endpoints really bound. Returns the exit status.
+    line with the backend endpoints really bound; ``control`` the control socket and the
+    link to the supervisor (all-in-one). Returns the exit status.
     """
     standalone = listeners is None  # else the master runs the hooks and owns the pidfile
     if standalone:
         _call_hook(cfg, "on_starting", SimpleNamespace(cfg=cfg, log=log, pid=os.getpid()))
     try:
-        server = FrontServer(cfg, listeners)
+        server = FrontServer(cfg, listeners, control)
         pidfile = Pidfile(cfg.pidfile) if standalone and cfg.pidfile else None
         if pidfile is not None:
             pidfile.create(os.getpid())

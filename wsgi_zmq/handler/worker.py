@@ -345,6 +345,10 @@ class Worker:
         self.host = socket.gethostname()
         self.log = log  # for hooks written for gunicorn: worker.log.info(...)
         self.tmp: Any = None  # the arbiter's liveness file (``notify()``), see ``timeout``
+        # the master's figures (a JSON file it rewrites), passed on to the fronts as STATS
+        self.pool_stats_path: str | None = None
+        self.pool_stats = b""
+        self.pool_stats_mtime = 0
         # wake at least once a second, and twice per ``timeout``, to tell the master
         self.idle_wait = min(cfg.heartbeat, 1.0, cfg.timeout / 2 if cfg.timeout else 1.0)
         self.notified = 0.0
@@ -504,7 +508,29 @@ class Worker:
         if self.ppid and os.getppid() != self.ppid:
             log.info("Parent changed; worker %d exits", self.pid)
             return False
+        self.share_pool_stats()
         return True
+
+    def share_pool_stats(self) -> None:
+        """Send the master's figures to every front when its file changed."""
+        path = self.pool_stats_path
+        if not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime_ns
+            if mtime == self.pool_stats_mtime:
+                return
+            with open(path, "rb") as f:
+                data = f.read(protocol.MAX_STATS + 1)
+        except OSError:
+            return
+        self.pool_stats_mtime = mtime
+        if len(data) > protocol.MAX_STATS or data == self.pool_stats:
+            return
+        self.pool_stats = data
+        for front in self.fronts:
+            if front.connected:
+                self.send(front, [protocol.encode_stats(data)])
 
     def recycle(self) -> None:
         """Stop taking work once ``served`` reached ``recycle_at`` (``max_requests``); the
@@ -671,7 +697,11 @@ class Worker:
                 if self.runner.concurrent:
                     flags |= protocol.READY_CONCURRENT
                 self.send(front, [protocol.encode_ready(
-                    self.capacity, self.cfg.window, self.pid, self.host, flags, service)])
+                    self.capacity, self.cfg.window, self.pid, self.host, flags, service,
+                    self.pool_name(service), self.cfg.pool_version, self.ppid)])
+                if self.pool_stats:
+                    # a frame of its own: a front that does not know STATS drops only it
+                    self.send(front, [protocol.encode_stats(self.pool_stats)])
             log.debug("Worker %d connected to %s", self.pid, front.endpoint)
         elif event == zmq.EVENT_DISCONNECTED:
             front.connected = False
@@ -689,6 +719,13 @@ class Worker:
                 log.info("Lost %s; reconnecting", front.endpoint)
 
     # -- output -------------------------------------------------------------------------
+
+    def pool_name(self, service: str) -> str:
+        """The pool this worker announces: ``pool``, or a job pool's service when ``pool``
+        was left at its default."""
+        if service and self.cfg.pool == protocol.DEFAULT_POOL:
+            return service
+        return str(self.cfg.pool)
 
     def send(self, front: Front, records: list[bytes]) -> None:
         """Send ``records`` to ``front`` now, as one frame (dropped, with a warning, if the
