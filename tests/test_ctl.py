@@ -14,14 +14,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import pty
-import select
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import ROOT, python_env
+from support.ctl import ctl, run_in_pty
 from wsgi_zmq import __version__
 from wsgi_zmq.control import Commands, ControlError, ControlServer, listen, wait
 from wsgi_zmq.ctl import (
@@ -376,11 +370,6 @@ def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Path]]:
             server.close()
 
 
-def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wsgi_zmq.ctl", *args], cwd=ROOT,
-                          env=python_env(), capture_output=True, text=True, timeout=20)
-
-
 def test_cli_status_and_json(serve: Callable[[dict[str, Any]], Path]) -> None:
     path = serve(front_table())
     done = ctl(str(path), "status")
@@ -445,43 +434,6 @@ def test_cli_silent_socket_times_out(tmp_path: Path) -> None:
         assert top.returncode == EXIT_UNREACHABLE
     finally:
         mute.close()
-
-
-def run_in_pty(*args: str, timeout: float = 15.0) -> tuple[int, str, str]:
-    """Run the CLI with its stdout on a pseudo-terminal: (exit code, output, stderr)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "wsgi_zmq.ctl", *args], cwd=ROOT,
-                            env=python_env(), stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=subprocess.PIPE)
-    os.close(slave)
-    output = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no end of output within {timeout}s: {bytes(output)!r}")
-            ready, _, _ = select.select([master], [], [], left)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal (it exited)
-                break
-            if not data:
-                break
-            output += data
-        code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        assert proc.stderr is not None
-        errors = proc.stderr.read().decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        os.close(master)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    return code, output.decode(), errors
 
 
 def test_cli_top_in_a_terminal(serve: Callable[[dict[str, Any]], Path]) -> None:

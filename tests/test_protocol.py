@@ -506,6 +506,9 @@ def test_ready_names_the_service_of_a_job_worker_only() -> None:
 def test_ready_carries_pool_version_and_master() -> None:
     record = one(p.encode_ready(4, 8, 77, "web1", 0, "", "api", "v2.1", 70))
     assert p.decode_ready(record.payload) == p.Ready(4, 8, 77, "web1", 0, "", "api", "v2.1", 70)
+    record = one(p.encode_ready(4, 8, 77, "web1", p.READY_STANDBY, "", "api", "v3", 70, 10))
+    ready = p.decode_ready(record.payload)
+    assert (ready.flags, ready.version, ready.weight) == (p.READY_STANDBY, "v3", 10)
 
 
 @pytest.mark.parametrize("names, expected", [
@@ -524,7 +527,9 @@ def test_ready_of_an_older_worker_gets_the_default_pool(names: bytes,
 
 @pytest.mark.parametrize("names, message", [
     (b"h\0\0pool\0v\0notapid", "master pid"),
-    (b"h\0\0pool\0v\x001\0extra", "more than five"),
+    (b"h\0\0pool\0v\x001\x00100\0extra", "more than six"),
+    (b"h\0\0pool\0v\x001\0heavy", "weight"),
+    (b"h\0\0pool\0v\x001\x002000000", "weight"),
     (b"h" * 1025, "longer than"),
 ])
 def test_ready_with_bad_names_is_refused(names: bytes, message: str) -> None:

@@ -26,7 +26,7 @@ import os
 import pwd
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 from wsgi_zmq.errors import ConfigError
 
@@ -41,7 +41,8 @@ DEFAULT_BIND: Final = "127.0.0.1:8000"
 DEFAULT_BACKEND: Final = "tcp://127.0.0.1:5556"
 
 #: Sections in the order ``--help`` and the docs show them.
-SECTIONS: Final = ("Config File", "Server Socket", "SSL", "Backend", "Jobs", "Worker Processes",
+SECTIONS: Final = ("Config File", "Server Socket", "SSL", "Backend", "Routing", "Jobs",
+                   "Worker Processes",
                    "Limits", "Flow Control", "Logging", "Process Naming", "Server Mechanics",
                    "Server Hooks")
 
@@ -641,6 +642,131 @@ class HealthPath(Setting):
     """
 
 
+_ROUTE: Final = re.compile(r"(?P<host>(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]*)?"
+                           r"(?P<prefix>/[A-Za-z0-9._~!$&'()*+,;:@/-]*)="
+                           r"(?P<pool>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?P<strip>:strip)?")
+
+
+class Route(NamedTuple):
+    """One ``route``: requests for ``host`` (exact, or ``*.suffix``; None: any) whose path
+    is ``prefix`` or below go to ``pool``; ``strip`` makes the prefix their SCRIPT_NAME."""
+
+    host: str | None
+    prefix: str
+    pool: str
+    strip: bool
+    text: str
+
+
+def parse_route(text: str) -> Route:
+    match = _ROUTE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not [HOST]PATH-PREFIX=POOL[:strip], e.g. "
+                         f"/api=api:strip or *.example.com/=web")
+    host = match["host"].lower() if match["host"] else None
+    prefix = match["prefix"]
+    if len(prefix) > 1:
+        prefix = prefix.rstrip("/") or "/"
+    if match["strip"] and prefix == "/":
+        raise ValueError(f"{text!r}: there is nothing to strip from /")
+    return Route(host, prefix, match["pool"], bool(match["strip"]), text)
+
+
+def validate_routes(value: Any) -> list[Route]:
+    routes = [parse_route(text) for text in _list(value)]
+    seen: dict[tuple[str | None, str], str] = {}
+    for route in routes:
+        key = (route.host, route.prefix)
+        if key in seen:
+            raise ValueError(f"{route.text!r} and {seen[key]!r} route the same host and path")
+        seen[key] = route.text
+    return routes
+
+
+class Routes(Setting):
+    name = "route"
+    section = "Routing"
+    roles = FRONT
+    cli = ("--route",)
+    meta = "[HOST]PREFIX=POOL[:strip]"
+    action = "append"
+    validator = staticmethod(validate_routes)
+    default: ClassVar[list[str]] = []
+    default_doc = "[]"
+    since = "0.3.0"
+    desc = """Send requests to a handler pool by host and path, as Mongrel2 routes do;
+    repeatable. Requests no route takes go to the pool ``default``.
+
+    ``/api=api`` sends ``/api`` and everything under it (``/api/users``, not ``/apis``)
+    to the pool ``api``; ``shop.example.com/=shop`` the requests whose ``Host`` is
+    ``shop.example.com``; ``*.example.com/=web`` those of every subdomain of
+    ``example.com``. The longest prefix wins; of two with the same prefix, the one that
+    names a host. ``:strip`` mounts the app at the prefix: ``SCRIPT_NAME`` becomes
+    ``/api`` and ``PATH_INFO`` the rest, so the URLs the app builds start with ``/api``.
+    A request for a pool that has no worker waits up to ``queue_timeout``, then gets 503.
+    """
+
+
+def validate_field_name(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = validate_string(value)
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", text):
+        raise ValueError("expected a header or cookie name (a token)")
+    return text
+
+
+class VersionHeader(Setting):
+    name = "version_header"
+    section = "Routing"
+    roles = FRONT
+    cli = ("--version-header",)
+    meta = "NAME"
+    validator = staticmethod(validate_field_name)
+    since = "0.3.0"
+    desc = """A request header that asks for a pool version, e.g. ``X-Version``; off by default.
+
+    A request with ``X-Version: v2`` goes to version ``v2`` of its pool when that version
+    has a worker that takes work, even in standby: the way to try a new version before it
+    gets traffic. Otherwise the header is ignored. Anyone who can send the header can
+    reach a standby version: turn it on where that is acceptable, or strip the header at
+    the proxy in front.
+    """
+
+
+class VersionCookie(Setting):
+    name = "version_cookie"
+    section = "Routing"
+    roles = FRONT
+    cli = ("--version-cookie",)
+    meta = "NAME"
+    validator = staticmethod(validate_field_name)
+    since = "0.3.0"
+    desc = """A cookie that asks for a pool version, as ``version_header`` does; off by default.
+
+    For trying a version in a browser: set the cookie (``document.cookie =
+    "wsgi_version=v2"``) and every request of that browser asks for ``v2``.
+    """
+
+
+class StickyCookie(Setting):
+    name = "sticky_cookie"
+    section = "Routing"
+    roles = FRONT
+    cli = ("--sticky-cookie",)
+    meta = "NAME"
+    validator = staticmethod(validate_field_name)
+    since = "0.3.0"
+    desc = """Keep each client on one version of a pool: a cookie the front sets; off by default.
+
+    When the front picks a version by weight for a request without this cookie, the
+    answer sets it (``Path=/; HttpOnly; SameSite=Lax``, a session cookie) and later
+    requests carrying it go to that version while it takes traffic. When it no longer
+    does (it was put in standby or its workers left), the front picks again and sets the
+    cookie anew: a rollback moves every client.
+    """
+
+
 class MetricsBind(Setting):
     name = "metrics_bind"
     section = "Server Socket"
@@ -721,6 +847,48 @@ class Pool(Setting):
 
     The front shows it in ``ctl status`` and its metrics; the access log atom
     ``%(pool)s`` writes it (and ``%(version)s`` the ``pool_version``).
+    """
+
+
+def validate_weight(value: Any) -> int:
+    weight = _int(value)
+    if not 0 <= weight <= 1_000_000:
+        raise ValueError("a weight is 0 to 1000000")
+    return weight
+
+
+class Weight(Setting):
+    name = "weight"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--weight",)
+    meta = "INT"
+    validator = staticmethod(validate_weight)
+    default = 100
+    since = "0.3.0"
+    desc = """This pool version's share of its pool's traffic, against the other versions'.
+
+    A front splits a pool's requests across its versions in proportion to their weights:
+    100 and 10 send about 91% and 9%. 0 sends it nothing unless a request asks for its
+    version. The first worker of a version to connect sets the weight in the front; from
+    then on ``ctl FRONT weight POOL VERSION N`` changes it.
+    """
+
+
+class Standby(Setting):
+    name = "standby"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--standby",)
+    action = "flag"
+    validator = staticmethod(validate_bool)
+    default = False
+    since = "0.3.0"
+    desc = """Start this pool version in standby: connected, health-checked, and sent only the
+    requests that ask for its version (``version_header``, ``version_cookie``).
+
+    ``ctl FRONT promote POOL VERSION`` gives it the traffic and puts the pool's other
+    versions in standby.
     """
 
 

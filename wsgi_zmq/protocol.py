@@ -38,9 +38,10 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     it takes ``window`` BODY records per request before it grants
                     CREDIT (none before its first CREDIT when the request has REQ_EXPECT).
                     names = NUL-joined utf-8: host, job service (empty for HTTP), pool
-                    name, pool version, the pool master's pid in decimal; every field
-                    after host may be left out (a worker of 0.2 sends only host, or host
-                    and service): pool ``default``, no version, master 0
+                    name, pool version, the pool master's pid in decimal, the version's
+                    weight in decimal; every field after host may be left out (a worker
+                    of 0.2 sends only host, or host and service): pool ``default``, no
+                    version, master 0, weight 100
     HEARTBEAT both  liveness probe; from the front it may carry queued:u32, the number of
                     requests waiting in its queue (workers report it to their master,
                     which scales the pool on it). A front's HEARTBEAT with a nonzero rid is
@@ -124,6 +125,8 @@ READY_CONCURRENT: Final = 0x01   # the worker serves its requests at once (geven
 READY_JOB: Final = 0x02          # a job worker: it takes JOB records for its service
 READY_IDEMPOTENT: Final = 0x04   # a job worker whose jobs may all run twice (the pool's
 #                                  job_idempotent): the front may send one again after a death
+READY_STANDBY: Final = 0x08      # its pool version starts in standby: it gets only the
+#                                  requests that ask for its version (``--standby``)
 
 # JOB flags
 JOB_IDEMPOTENT: Final = 0x01     # the job may run twice: the front may send it again if its
@@ -144,6 +147,9 @@ END_ABORT: Final = 0x04          # the response is incomplete: cut the connectio
 MAX_STATS: Final = 4096
 #: The pool of a worker that names none.
 DEFAULT_POOL: Final = "default"
+#: The weight of a pool version whose workers name none; weights are 0 to MAX_WEIGHT.
+DEFAULT_WEIGHT: Final = 100
+MAX_WEIGHT: Final = 1_000_000
 #: READY's names may not be longer than this (host, service, pool, version, master).
 MAX_READY_NAMES: Final = 1024
 
@@ -220,6 +226,7 @@ class Ready(NamedTuple):
     pool: str = DEFAULT_POOL
     version: str = ""
     master: int = 0
+    weight: int = DEFAULT_WEIGHT
 
 
 class JobHead(NamedTuple):
@@ -409,10 +416,12 @@ def decode_heartbeat(payload: bytes) -> int:
 
 def encode_ready(capacity: int, window: int, pid: int, host: str, flags: int = 0,
                  service: str = "", pool: str = DEFAULT_POOL, version: str = "",
-                 master: int = 0) -> bytes:
-    """Encode READY: the worker (``pid`` on ``host``, of the pool ``pool`` whose master is
-    ``master``) offers ``capacity`` requests (jobs of ``service`` with READY_JOB)."""
-    name = "\0".join((host, service, pool, version, str(master))).encode("utf-8")
+                 master: int = 0, weight: int = DEFAULT_WEIGHT) -> bytes:
+    """Encode READY: the worker (``pid`` on ``host``, of version ``version`` of the pool
+    ``pool`` whose master is ``master``) offers ``capacity`` requests (jobs of ``service``
+    with READY_JOB)."""
+    name = "\0".join((host, service, pool, version, str(master),
+                      str(weight))).encode("utf-8")
     return (_pack_record(READY, 0, READY_HEAD.size + len(name))
             + READY_HEAD.pack(capacity, window, pid, flags) + name)
 
@@ -465,16 +474,19 @@ def decode_ready(payload: bytes) -> Ready:
     if len(names) > MAX_READY_NAMES:
         raise ProtocolError(f"READY names longer than {MAX_READY_NAMES} bytes")
     fields = names.decode("utf-8", "replace").split("\0")
-    if len(fields) > 5:
-        raise ProtocolError("READY with more than five names")
-    fields += [""] * (5 - len(fields))
-    host, service, pool, version, master = fields
+    if len(fields) > 6:
+        raise ProtocolError("READY with more than six names")
+    fields += [""] * (6 - len(fields))
+    host, service, pool, version, master, weight = fields
     if bool(flags & READY_JOB) != bool(service):
         raise ProtocolError("READY_JOB needs a service name, and only a job worker has one")
     if master and not (master.isdigit() and master.isascii() and len(master) <= 10):
         raise ProtocolError(f"READY with a master pid that is no number: {master!r}")
+    if weight and not (weight.isdigit() and weight.isascii() and int(weight) <= MAX_WEIGHT):
+        raise ProtocolError(f"READY with a weight that is no number up to {MAX_WEIGHT}: "
+                            f"{weight!r}")
     return Ready(capacity, window, pid, host, flags, service, pool or DEFAULT_POOL, version,
-                 int(master or 0))
+                 int(master or 0), int(weight) if weight else DEFAULT_WEIGHT)
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

@@ -100,7 +100,7 @@ def test_pool_masters_report_their_workers_and_restarts(stack, tmp_path):
     their master's figures on (STATS): pool_workers is 2, no restarts 3. SIGKILL one
     worker: the master replaces it and the front counts one crash restart for web
     4. the pool's metrics carry its name, not the lane's."""
-    front, port, endpoint = stack.front("--metrics-bind", "127.0.0.1:0")
+    front, port, endpoint = stack.front("--metrics-bind", "127.0.0.1:0", "--route", "/=web")
     mport = metrics_port(front)
     pool = stack.handler("apps.echo:router", endpoint, "--workers", "2", "--pool", "web")
     front.wait_for_log(r"Worker \d+@\S+ connected", count=2)

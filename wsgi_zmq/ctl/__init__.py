@@ -204,8 +204,12 @@ def _join(values: object) -> str:
     return ", ".join(str(v) for v in items) if items else "-"
 
 
-def lane_name(service: object) -> str:
-    return f"job {service}" if service else "http"
+def lane_name(service: object, pool: object = None, version: object = None) -> str:
+    if service:
+        return f"job {service}"
+    if pool and (pool != "default" or version):
+        return f"http {pool}" + (f"/{version}" if version else "")
+    return "http"
 
 
 def _lanes(lanes: object) -> str:
@@ -213,7 +217,8 @@ def _lanes(lanes: object) -> str:
     for lane in _items(lanes):
         lane = _dict(lane)
         workers = lane.get("workers", 0)
-        parts.append(f"{lane_name(lane.get('service'))} {cell(lane.get('waiting', 0))} waiting "
+        name = lane_name(lane.get("service"), lane.get("pool"), lane.get("version"))
+        parts.append(f"{name} {cell(lane.get('waiting', 0))} waiting "
                      f"({cell(workers)} worker{'' if workers == 1 else 's'})")
     return "; ".join(parts) or "-"
 
@@ -248,9 +253,27 @@ def render_front(status: dict[str, Any]) -> list[str]:
     if _items(status.get("drained_pools")):
         pairs.append(("drained pools", _join(status.get("drained_pools"))))
     lines = format_pairs(pairs)
+    versions = _items(status.get("versions"))
+    if len(versions) > 1 or any(_dict(v).get("standby") or _dict(v).get("version")
+                                for v in versions):
+        lines.append("")
+        lines += version_table(versions)
     lines.append("")
     lines += worker_table(_items(status.get("pools")))
     return lines
+
+
+def version_table(versions: list[Any]) -> list[str]:
+    """The HTTP pools' versions: weight, standby, workers (the front's ``versions``)."""
+    headers = ["POOL", "VERSION", "WEIGHT", "STATE", "WORKERS", "SERVING", "WAITING"]
+    rows = []
+    for version in versions:
+        version = _dict(version)
+        rows.append([version.get("pool"), version.get("version") or "-",
+                     version.get("weight"), "standby" if version.get("standby") else "active",
+                     version.get("workers"), version.get("serving"), version.get("waiting")])
+    numbers = {"WEIGHT", "WORKERS", "SERVING", "WAITING"}
+    return format_table(headers, rows, right={i for i, h in enumerate(headers) if h in numbers})
 
 
 def worker_table(pools: list[Any]) -> list[str]:
@@ -365,6 +388,14 @@ def render_result(command: str, result: object) -> list[str]:
         if command == "workers" and isinstance(wanted, int):
             was = result.get("previous")
             return [f"workers: {wanted}" + (f" (was {was})" if isinstance(was, int) else "")]
+        if command == "weight" and isinstance(result.get("weight"), int):
+            return [f"pool {result.get('pool')} version {result.get('version') or '-'}: "
+                    f"weight {result['weight']}"
+                    + (" (in standby)" if result.get("standby") else "")]
+        if command == "promote" and "promoted" in result:
+            standby = ", ".join(v or "-" for v in _items(result.get("standby"))) or "none"
+            return [f"pool {result.get('pool')}: version {result['promoted'] or '-'} takes "
+                    f"the traffic; in standby: {standby}"]
         if command == "reload" and result.get("reloading") is True:
             workers = result.get("workers")
             return ["reloading" + (f" with {workers} worker(s)"

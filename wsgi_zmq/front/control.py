@@ -45,6 +45,10 @@ class FrontControl:
                       "send a pool or a worker nothing new; it finishes what it holds"),
             "resume": (self.resume, "[POOL|PID[@HOST]]",
                        "undo drain (for everything drained, without an argument)"),
+            "weight": (self.weight, "POOL VERSION N",
+                       "give a pool version weight N (its share against the others')"),
+            "promote": (self.promote, "POOL VERSION",
+                        "give a version the pool's traffic, put the others in standby"),
         }
         if self.master is not None:
             table["workers"] = (self.forward("workers"), "N",
@@ -99,10 +103,12 @@ class FrontControl:
             "draining": server.draining,
             "connections": len(server.connections),
             "in_flight": sum(conn.current is not None for conn in server.connections),
-            "lanes": [{"service": lane.service, "waiting": len(lane.queue),
+            "lanes": [{"service": lane.service if lane.job else "", "pool": lane.pool,
+                       "version": lane.version, "waiting": len(lane.queue),
                        "workers": lane.members}
                       for _, lane in sorted(dispatcher.lanes.items())],
             "drained_pools": sorted(dispatcher.drained_pools),
+            "versions": versions(dispatcher),
             "pools": pools(dispatcher, now),
             "requests": requests(server.metrics),
         }
@@ -136,6 +142,24 @@ class FrontControl:
         peers = dispatcher.resume(target)
         return {"resumed": [describe(peer) for peer in peers], "target": target}
 
+    def weight(self, args: list[str]) -> dict[str, Any]:
+        if len(args) != 3 or not args[2].isdigit():
+            raise ControlError("usage: weight POOL VERSION N (VERSION - for none)")
+        pool, name = args[0], _version_arg(args[1])
+        version = self.server.dispatcher.set_weight(pool, name, int(args[2]))
+        return {"pool": pool, "version": name, "weight": version.weight,
+                "standby": version.standby}
+
+    def promote(self, args: list[str]) -> dict[str, Any]:
+        if len(args) != 2:
+            raise ControlError("usage: promote POOL VERSION (VERSION - for none)")
+        pool, name = args[0], _version_arg(args[1])
+        dispatcher = self.server.dispatcher
+        dispatcher.promote(pool, name)
+        return {"pool": pool, "promoted": name,
+                "standby": sorted(v.name for v in dispatcher.versions[pool].values()
+                                  if v.standby)}
+
     def forward(self, command: str) -> Any:
         """A handler that asks the supervisor (all-in-one) to run ``command``."""
         def run(args: list[str]) -> Any:
@@ -166,6 +190,25 @@ class FrontControl:
         return reply.get("result")
 
 
+def _version_arg(text: str) -> str:
+    """A VERSION argument: ``-`` names the version of workers that set none."""
+    return "" if text == "-" else text
+
+
+def versions(dispatcher: Any) -> list[dict[str, Any]]:
+    """Every known version of every HTTP pool: weight, standby, workers taking work."""
+    out = []
+    for pool, known in sorted(dispatcher.versions.items()):
+        for name, version in sorted(known.items()):
+            lane = dispatcher.lanes.get(version.key)
+            out.append({"pool": pool, "version": name, "weight": version.weight,
+                        "standby": version.standby,
+                        "workers": lane.members if lane is not None else 0,
+                        "serving": lane.serving if lane is not None else 0,
+                        "waiting": len(lane.queue) if lane is not None else 0})
+    return out
+
+
 def describe(peer: Any) -> str:
     return f"{peer.pid}@{peer.host}"
 
@@ -184,7 +227,8 @@ def pools(dispatcher: Any, now: float) -> list[dict[str, Any]]:
     """The connected workers, grouped by pool (name, version, host, master, service)."""
     grouped: dict[tuple[str, str, str, int, str], list[Any]] = {}
     for peer in dispatcher.peers.values():
-        key = (peer.pool, peer.version, peer.host, peer.master, peer.lane.service)
+        key = (peer.pool, peer.version, peer.host, peer.master,
+               peer.lane.service if peer.lane.job else "")
         grouped.setdefault(key, []).append(peer)
     out = []
     for (name, version, host, master, service), peers in sorted(grouped.items()):

@@ -71,6 +71,7 @@ from wsgi_zmq.protocol import (
     BYE,
     CHUNK,
     CREDIT,
+    DEFAULT_POOL,
     END,
     ERROR,
     HEARTBEAT,
@@ -121,6 +122,8 @@ HTTP: Final = ""
 #: worker comes or their queue timeout passes. Beyond it a request for a service no worker
 #: serves is refused at once, so clients cannot fill the front with made-up service names.
 MAX_EMPTY_LANES: Final = 256
+#: How many versions of HTTP pools the front remembers (their weight and standby).
+MAX_VERSIONS: Final = 1024
 
 # -- exchange states -------------------------------------------------------------------
 
@@ -167,7 +170,7 @@ _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
 def _timed(ex: Exchange) -> bool:
     """Does ``request_timeout`` bound ``ex`` now? Until its response starts; a job also
     between its partial replies (an HTTP response that started streams to its client)."""
-    return ex.state == SENT or (ex.state == STARTED and bool(ex.service))
+    return ex.state == SENT or (ex.state == STARTED and ex.job)
 
 
 def _is_final(kind: int, payload: bytes) -> bool:
@@ -244,12 +247,16 @@ class Exchange:
 
     __slots__ = ("rid", "sink", "record", "state", "worker", "replayable", "body_complete",
                  "attempts", "losses", "body_sent", "deadline", "wait_deadline",
-                 "body_credit", "queued_at", "service")
+                 "body_credit", "queued_at", "service", "job")
 
     def __init__(self, rid: int, sink: Sink, service: str = HTTP) -> None:
         self.rid = rid
         self.sink = sink
-        self.service = service  # the lane: HTTP, or a job service (a JOB record)
+        # the lane: a job service (a JOB record), or for an HTTP request the key of a pool
+        # version (``http_key``; HTTP, "", is the pool ``default`` without a version),
+        # which the sink sets from ``Dispatcher.route`` before ``submit``
+        self.service = service
+        self.job = bool(service)
         self.record = b""
         self.state = NEW
         self.worker: Peer | None = None
@@ -371,28 +378,68 @@ class Link(Protocol):
         ...
 
 
+def http_key(pool: str, version: str) -> str:
+    """The lane key of an HTTP pool version: HTTP ("") for the pool ``default`` without a
+    version (the common case keeps the lane it always had), else NUL, pool, NUL, version
+    (no job service has a NUL in its name)."""
+    if pool == DEFAULT_POOL and not version:
+        return HTTP
+    return f"\0{pool}\0{version}"
+
+
 class Lane:
-    """The workers of one service and the requests that wait for them: the HTTP workers,
-    or the job pool(s) of one job service. Dispatch never crosses lanes.
+    """The workers of one service and the requests that wait for them: the HTTP workers
+    of one version of one pool, or the job pool(s) of one job service. Dispatch never
+    crosses lanes (a request whose lane lost its last worker is routed again).
 
     ``idle`` and ``ready`` are the lines of its workers (least recently used first),
     ``queue`` its waiting requests; ``members`` counts its connected workers.
     """
 
-    __slots__ = ("service", "idle", "ready", "queue", "members")
+    __slots__ = ("service", "idle", "ready", "queue", "members", "job", "pool", "version",
+                 "serving")
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self, service: str, pool: str = DEFAULT_POOL, version: str = "") -> None:
+        self.service = service  # the key in ``Dispatcher.lanes``
+        self.job = bool(service) and service[0] != "\0"
+        self.pool = service if self.job else pool
+        self.version = version
         self.idle: collections.deque[Peer] = collections.deque()
         self.ready: collections.deque[Peer] = collections.deque()
         # insertion-ordered, O(1) removal of any entry (a client that gives up), and
         # move_to_end(last=False) puts a request sent back by a worker first in line
         self.queue: collections.OrderedDict[Exchange, None] = collections.OrderedDict()
         self.members = 0
+        self.serving = 0  # members that take work (eligible): kept by ``_changed``
+
+    @property
+    def label(self) -> str:
+        if self.job:
+            return f"service {self.service!r}"
+        return f"pool {self.pool}" + (f" version {self.version}" if self.version else "")
 
     def __repr__(self) -> str:
-        name = f"service {self.service!r}" if self.service else "HTTP"
-        return f"<lane {name}: {self.members} workers, {len(self.queue)} waiting>"
+        return f"<lane {self.label}: {self.members} workers, {len(self.queue)} waiting>"
+
+
+class Version:
+    """What the front knows of one version of an HTTP pool: its weight and whether it is
+    in standby, set by its first worker's READY and then by operators (``ctl weight``,
+    ``ctl promote``); and its smooth weighted round robin count (``Dispatcher.route``)."""
+
+    __slots__ = ("pool", "name", "weight", "standby", "current", "key")
+
+    def __init__(self, pool: str, name: str, weight: int, standby: bool) -> None:
+        self.pool = pool
+        self.name = name
+        self.weight = weight
+        self.standby = standby
+        self.current = 0
+        self.key = http_key(pool, name)
+
+    def __repr__(self) -> str:
+        state = " standby" if self.standby else ""
+        return f"<version {self.pool}/{self.name or '-'} weight {self.weight}{state}>"
 
 
 class Dispatcher:
@@ -422,6 +469,11 @@ class Dispatcher:
         self.pool_stats: dict[tuple[str, int], tuple[str, protocol.PoolStats]] = {}
         self.http = Lane(HTTP)
         self.lanes: dict[str, Lane] = {HTTP: self.http}
+        # HTTP pools by name, their versions by tag (``route`` picks among them); True once
+        # a worker of another pool or of a named version connected (before that, every
+        # HTTP request belongs to the lane HTTP and the sink need not ask ``route``)
+        self.versions: dict[str, dict[str, Version]] = {}
+        self.versioned = False
         # the HTTP lane's, under the names the front and its tests use
         self.idle = self.http.idle
         self.ready = self.http.ready
@@ -492,7 +544,7 @@ class Dispatcher:
             if lane is None:
                 ex.move(DONE)
                 ex.sink.on_failure(ex, ServiceUnavailable(
-                    f"No worker serves {ex.service!r}, and too many services wait for one"))
+                    "No worker serves it, and too many services and pools wait for one"))
                 return
         if not lane.queue:
             peer = self._pick(lane)
@@ -511,9 +563,11 @@ class Dispatcher:
     def serves(self, service: str) -> bool:
         """Is a worker of ``service`` connected (MMI's ``mmi.service``)?"""
         lane = self.lanes.get(service)
-        if lane is None or not lane.members:
-            return False
-        return any(peer.lane is lane and peer.eligible for peer in self.peers.values())
+        return lane is not None and lane.serving > 0
+
+    def serves_http(self) -> bool:
+        """Does an HTTP worker that takes work serve any pool?"""
+        return any(lane.serving for lane in self.lanes.values() if not lane.job)
 
     def _orphans_full(self) -> bool:
         """Do ``queue_size`` jobs wait, all lanes together, for services that no worker
@@ -526,13 +580,169 @@ class Dispatcher:
         return waiting >= self.queue_size
 
     def _new_lane(self, service: str) -> Lane | None:
-        """A new lane for a request for ``service``, which no worker serves; none while
-        ``MAX_EMPTY_LANES`` lanes have no worker."""
+        """A new lane for a request for ``service`` (a job service, or a pool version's
+        key), which no worker serves; none while ``MAX_EMPTY_LANES`` lanes have no
+        worker."""
         if sum(1 for lane in self.lanes.values() if lane.service and not lane.members) >= \
                 MAX_EMPTY_LANES:
             return None
-        lane = self.lanes[service] = Lane(service)
+        return self._lane(service)
+
+    def _lane(self, key: str) -> Lane:
+        """The lane of ``key``, made if there is none."""
+        lane = self.lanes.get(key)
+        if lane is None:
+            if key[:1] == "\0":
+                _, pool, version = key.split("\0", 2)
+                lane = Lane(key, pool, version)
+            else:
+                lane = Lane(key)
+            self.lanes[key] = lane
         return lane
+
+    # -- pools, versions and routing -------------------------------------------------------
+
+    def route(self, pool: str, asked: str | None = None, sticky: str | None = None
+              ) -> tuple[str, str | None]:
+        """The lane key for an HTTP request routed to ``pool``, and the version picked by
+        weight (None when the request asked for one or ``sticky`` still holds).
+
+        ``asked`` (the request's version header or cookie) wins while that version has a
+        worker that takes work, standby or not; ``sticky`` (the client's sticky cookie)
+        while that version takes traffic. Otherwise the pool's versions out of standby,
+        with a weight and a worker that takes work, share the requests by smooth weighted
+        round robin (exact proportions, evenly spread). With none, the request waits for
+        the heaviest version out of standby (its workers may be coming back), or for the
+        pool's first version."""
+        versions = self.versions.get(pool)
+        if not versions:
+            return http_key(pool, ""), None
+        lanes = self.lanes
+        if asked is not None:
+            version = versions.get(asked)
+            if version is not None:
+                lane = lanes.get(version.key)
+                if lane is not None and lane.serving:
+                    return version.key, None
+        if sticky is not None:
+            version = versions.get(sticky)
+            if version is not None and not version.standby and version.weight:
+                lane = lanes.get(version.key)
+                if lane is not None and lane.serving:
+                    return version.key, None
+        best = None
+        total = 0
+        for version in versions.values():
+            if version.standby or not version.weight:
+                continue
+            lane = lanes.get(version.key)
+            if lane is None or not lane.serving:
+                continue
+            version.current += version.weight
+            total += version.weight
+            if best is None or version.current > best.current:
+                best = version
+        if best is not None:
+            best.current -= total
+            return best.key, best.name
+        waiting = [v for v in versions.values() if not v.standby]
+        if waiting:
+            return max(waiting, key=lambda v: v.weight).key, None
+        return next(iter(versions.values())).key, None
+
+    def set_weight(self, pool: str, name: str, weight: int) -> Version:
+        """``ctl weight POOL VERSION N``."""
+        version = self.version_of(pool, name)
+        if not 0 <= weight <= protocol.MAX_WEIGHT:
+            raise ValueError(f"a weight is 0 to {protocol.MAX_WEIGHT}")
+        log.info("Pool %s version %s: weight %d (was %d)", pool, name or "-", weight,
+                 version.weight)
+        version.weight = weight
+        for other in self.versions[pool].values():
+            other.current = 0  # the round robin starts afresh on the new weights
+        self._rebalance(pool)
+        return version
+
+    def promote(self, pool: str, name: str) -> list[Version]:
+        """``ctl promote POOL VERSION``: it takes the pool's traffic, every other version of
+        the pool goes to standby (still connected: promoting it back is a rollback)."""
+        version = self.version_of(pool, name)
+        changed = []
+        for other in self.versions[pool].values():
+            standby = other is not version
+            if other.standby != standby:
+                other.standby = standby
+                changed.append(other)
+            other.current = 0
+        log.info("Pool %s: version %s promoted; in standby: %s", pool, name or "-",
+                 ", ".join(v.name or "-" for v in self.versions[pool].values()
+                           if v.standby) or "none")
+        self._rebalance(pool)
+        return changed
+
+    def version_of(self, pool: str, name: str) -> Version:
+        versions = self.versions.get(pool)
+        if versions is None:
+            raise ValueError(f"no pool {pool!r} (pools: "
+                             f"{', '.join(sorted(self.versions)) or 'none'})")
+        version = versions.get(name)
+        if version is None:
+            raise ValueError(f"pool {pool!r} has no version {name!r} (versions: "
+                             f"{', '.join(repr(v) for v in sorted(versions))})")
+        return version
+
+    def _version(self, pool: str, name: str, weight: int, standby: bool) -> None:
+        """Know version ``name`` of ``pool`` (from a worker's READY); an operator's changes
+        to a version already known stand. At most ``MAX_VERSIONS`` are remembered: past
+        that, those without a connected worker are forgotten."""
+        versions = self.versions.setdefault(pool, {})
+        if name in versions:
+            return
+        if sum(map(len, self.versions.values())) >= MAX_VERSIONS:
+            for known in list(self.versions.values()):
+                for version in list(known.values()):
+                    lane = self.lanes.get(version.key)
+                    if lane is None or not lane.members:
+                        del known[version.name]
+            for key in [k for k, known in self.versions.items() if not known]:
+                del self.versions[key]
+            versions = self.versions.setdefault(pool, {})
+        versions[name] = Version(pool, name, weight, standby)
+        self.versioned = True
+
+    def _changed(self, lane: Lane) -> None:
+        """A worker of ``lane`` came, left, or started or stopped taking work: count again
+        the ones that take work; an HTTP pool's waiting requests may move."""
+        serving = sum(1 for peer in self.peers.values() if peer.lane is lane and
+                      peer.eligible)
+        if serving == lane.serving:
+            return
+        lane.serving = serving
+        if not lane.job:
+            self._rebalance(lane.pool)
+
+    def _rebalance(self, pool: str) -> None:
+        """Requests waiting in a lane of ``pool`` that has no worker taking work go where
+        ``route`` sends them now (in their order, keeping their deadlines), if that lane
+        has one."""
+        if pool not in self.versions:
+            return
+        moved: list[Lane] = []
+        for lane in list(self.lanes.values()):
+            if lane.job or lane.pool != pool or lane.serving or not lane.queue:
+                continue
+            for ex in list(lane.queue):
+                key, _ = self.route(pool)
+                target = self.lanes.get(key)
+                if target is None or target is lane or not target.serving:
+                    continue
+                del lane.queue[ex]
+                ex.service = key
+                target.queue[ex] = None
+                if target not in moved:
+                    moved.append(target)
+        for target in moved:
+            self._drain_queue(target)
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
         """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
@@ -615,6 +825,8 @@ class Dispatcher:
         for service, lane in self.lanes.items():
             assert lane.service == service, f"{lane!r} filed as {service!r}"
             assert lane.members == members[service], f"{lane!r}: {members[service]} workers"
+            serving = sum(1 for p in self.peers.values() if p.lane is lane and p.eligible)
+            assert lane.serving == serving, f"{lane!r}: {serving} take work, not {lane.serving}"
             for ex in lane.queue:
                 assert ex.state == QUEUED, f"{ex!r} in the queue"
                 assert ex.worker is None, f"queued {ex!r} has a worker"
@@ -954,13 +1166,13 @@ class Dispatcher:
     def _on_exchange_record(self, peer: Peer, ex: Exchange, kind: int, payload: bytes) -> None:
         sink = ex.sink
         if kind == CHUNK:
-            if ex.service:
+            if ex.job:
                 raise ProtocolError("CHUNK for a job")
             if ex.state != STARTED:
                 raise ProtocolError("CHUNK before the response head")
             sink.on_chunk(ex, payload)
         elif kind == RESPONSE:
-            if ex.service:
+            if ex.job:
                 raise ProtocolError("RESPONSE to a job")
             if ex.state != SENT:
                 raise ProtocolError("a second response head")
@@ -993,7 +1205,7 @@ class Dispatcher:
             self._release(peer, ex.rid)
             sink.on_failure(ex, WorkerError(status, message))
         elif kind == JOB_REPLY:
-            if not ex.service:
+            if not ex.job:
                 raise ProtocolError("JOB_REPLY to an HTTP request")
             flags, frames = protocol.decode_job_reply(payload)  # malformed: before any move
             if flags & JOB_FINAL:
@@ -1046,10 +1258,11 @@ class Dispatcher:
             self.malformed.warning("Dropped a malformed READY from %r: %s", ident, exc)
             return peer
         concurrent = bool(ready.flags & protocol.READY_CONCURRENT)
+        key = ready.service or http_key(ready.pool, ready.version)
         if peer is not None:
-            if ready.service != peer.lane.service:
-                self.malformed.warning("Dropped a READY of %r that changes its service from "
-                                       "%r to %r", peer, peer.lane.service, ready.service)
+            if key != peer.lane.service:
+                self.malformed.warning("Dropped a READY of %r that changes its lane from %s "
+                                       "to %s", peer, peer.lane.label, Lane(key).label)
                 return peer
             # the worker restated its capacity: apply it from now on
             self._unlist(peer)
@@ -1058,9 +1271,10 @@ class Dispatcher:
             peer.concurrent = concurrent
             self._list(peer)
         else:
-            lane = self.lanes.get(ready.service)
-            if lane is None:
-                lane = self.lanes[ready.service] = Lane(ready.service)
+            if not ready.service:
+                self._version(ready.pool, ready.version, ready.weight,
+                              bool(ready.flags & protocol.READY_STANDBY))
+            lane = self._lane(key)
             peer = Peer(ident, ready.capacity, ready.window, ready.pid, ready.host, lane)
             peer.concurrent = concurrent
             peer.idempotent = bool(ready.flags & protocol.READY_IDEMPOTENT)
@@ -1083,9 +1297,7 @@ class Dispatcher:
         old = self.peers.get(key)
         if old is not None:
             self._drop(old, "another worker took its name")
-        lane = self.lanes.get(service)
-        if lane is None:
-            lane = self.lanes[service] = Lane(service)
+        lane = self._lane(service)
         peer = Peer(key, 1, 1, pid, host, lane)
         peer.link = link
         peer.pool = service
@@ -1099,21 +1311,25 @@ class Dispatcher:
         """A new worker joins its lane (drained at once if its pool is)."""
         now = self.clock()
         peer.since = peer.heard = peer.changed = now
-        peer.drained = peer.pool in self.drained_pools
+        peer.drained = peer.pool in self.drained_pools or \
+            f"{peer.pool}/{peer.version}" in self.drained_pools
         self.peers[key] = peer
         peer.lane.members += 1
         self._list(peer)
+        self._changed(peer.lane)
 
     # -- operators (the control socket) ---------------------------------------------------
 
     def select(self, target: str) -> list[Peer]:
-        """The workers ``target`` names: a pool's name, or a worker as ``PID`` or
-        ``PID@HOST``."""
+        """The workers ``target`` names: a pool (``POOL``), a version of one
+        (``POOL/VERSION``), or a worker (``PID`` or ``PID@HOST``)."""
         pid, _, host = target.partition("@")
         if pid.isdigit():
             return [peer for peer in self.peers.values()
                     if peer.pid == int(pid) and (not host or peer.host == host)]
-        return [peer for peer in self.peers.values() if peer.pool == target]
+        pool, slash, version = target.partition("/")
+        return [peer for peer in self.peers.values()
+                if peer.pool == pool and (not slash or peer.version == version)]
 
     def drain(self, target: str) -> list[Peer]:
         """Give the workers ``target`` names nothing new; what they hold, they finish.
@@ -1126,6 +1342,8 @@ class Dispatcher:
             if not peer.drained:
                 self._unlist(peer)
                 peer.drained = True
+        for lane in {peer.lane for peer in peers}:
+            self._changed(lane)
         log.info("Drained %s: %d worker(s)", target, len(peers))
         return peers
 
@@ -1145,6 +1363,7 @@ class Dispatcher:
                 lanes.append(peer.lane)
         for lane in lanes:
             self._drain_queue(lane)
+            self._changed(lane)
         log.info("Resumed %s: %d worker(s)", target or "every drained worker", len(peers))
         return peers
 
@@ -1169,6 +1388,8 @@ class Dispatcher:
         peer.leaving = True
         if not peer.slots:
             self._forget(peer)
+        else:
+            self._changed(peer.lane)
 
     def _unlist(self, peer: Peer) -> None:
         if peer.line == _IDLE:
@@ -1196,6 +1417,7 @@ class Dispatcher:
         peer.outbox = []
         self.peers.pop(peer.ident, None)
         self.keys.pop(peer.ident, None)
+        self._changed(peer.lane)
         master = (peer.host, peer.master)
         if master in self.pool_stats and not any(
                 (p.host, p.master) == master for p in self.peers.values()):
@@ -1279,6 +1501,8 @@ class Dispatcher:
             if lane not in lanes:
                 lanes.append(lane)
         for lane in lanes:
+            if not lane.job and not lane.serving:
+                self._rebalance(lane.pool)  # its version lost its last worker
             self._drain_queue(lane)
             while len(lane.queue) > self.queue_size:
                 newest, _ = lane.queue.popitem(last=True)
@@ -1299,6 +1523,7 @@ class Dispatcher:
         peer.ejected_until = self.clock() + beats * self.heartbeat
         peer.probe_rid = 0
         self._unlist(peer)
+        self._changed(peer.lane)
         log.warning("Worker %s@%s ejected: its last %d requests failed (it %s); probing it "
                     "in %.1f s", peer.pid, peer.host, peer.failures, what,
                     beats * self.heartbeat)
@@ -1322,6 +1547,7 @@ class Dispatcher:
         peer.probe_rid = 0
         self._list(peer)
         self._drain_queue(peer.lane)
+        self._changed(peer.lane)
 
     def _on_monitor(self) -> None:
         lost = False
@@ -1370,7 +1596,8 @@ class Dispatcher:
             if lane.queue:
                 late = [ex for ex in lane.queue if ex.deadline <= now]
                 if lane.service and not lane.members:
-                    why = f"No worker served {lane.service!r} within {self.queue_timeout:g} s"
+                    what = repr(lane.service) if lane.job else lane.label
+                    why = f"No worker served {what} within {self.queue_timeout:g} s"
                 else:
                     why = f"No worker was free within {self.queue_timeout:g} s"
                 for ex in late:

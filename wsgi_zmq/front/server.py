@@ -61,15 +61,16 @@ from wsgi_zmq.errors import (
     RequestTimeout,
     render_error,
 )
-from wsgi_zmq.front.dispatcher import DONE, HTTP, NEW, Dispatcher, Exchange, StateError
+from wsgi_zmq.front.dispatcher import DONE, NEW, Dispatcher, Exchange, StateError
 from wsgi_zmq.front.parser import Limits, RequestHead, RequestParser, request_is_idempotent
 from wsgi_zmq.front.proxy import parse_proxy_header
 from wsgi_zmq.front.sockets import listen
-from wsgi_zmq.handler.environ import CLIENT_DN_FIELD
+from wsgi_zmq.handler.environ import CLIENT_DN_FIELD, SCRIPT_NAME_FIELD
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.process import Pidfile, set_owner
 from wsgi_zmq.protocol import (
+    DEFAULT_POOL,
     END_ABORT,
     END_CLOSE,
     REQ_BODY_COMPLETE,
@@ -103,7 +104,7 @@ class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
     __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent",
-                 "discarded", "status", "read_at")
+                 "discarded", "status", "read_at", "stick_to")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -115,6 +116,7 @@ class HttpExchange(Exchange):
         self.continue_wanted = head.expect_continue
         self.continue_sent = False
         self.discarded = -1  # >= 0 while the rest of an answered request's body is skipped
+        self.stick_to: str | None = None  # the version its answer's sticky cookie names
 
 
 # -- connection phases ---------------------------------------------------------------------
@@ -404,11 +406,31 @@ class Connection:
         scheme = listener.scheme
         if self.trusted and server.secure_headers:
             scheme = server.scheme_of(head.headers, scheme)
+        headers = head.headers
+        dispatcher = server.dispatcher
+        if server.router is not None or dispatcher.versioned:
+            headers = self._route(ex, headers)
         ex.record = _encode_request(
             ex.rid, flags, head.method, head.target, head.version, self.remote_addr,
             self.remote_port, listener.server_name, listener.port, scheme,
-            head.headers, server.window, body)
-        server.dispatcher.submit(ex)
+            headers, server.window, body)
+        dispatcher.submit(ex)
+
+    def _route(self, ex: HttpExchange, headers: list[bytes]) -> list[bytes]:
+        """Pick the pool and version of ``ex`` (its lane); the headers to send, with the
+        ``:script-name`` of a route that strips its prefix."""
+        router = self.server.router
+        dispatcher = self.server.dispatcher
+        if router is None:
+            ex.service, _ = dispatcher.route(DEFAULT_POOL)
+            return headers
+        choice = router.pick(ex.head.target, headers)
+        ex.service, picked = dispatcher.route(choice.pool, choice.asked, choice.sticky)
+        if picked is not None and router.sticky_cookie is not None:
+            ex.stick_to = picked
+        if choice.script_name is not None:
+            headers = [*headers, _SCRIPT_NAME_FIELD, choice.script_name]
+        return headers
 
     def _answer_health(self, ex: HttpExchange) -> None:
         """The front's own answer to ``health_path`` (see that setting)."""
@@ -447,6 +469,9 @@ class Connection:
             code = payload[_STATUS_CLASS_AT:_STATUS_CLASS_AT + 3]
             ex.status = int(code) if len(code) == 3 and code.isdigit() and 49 <= code[0] <= 53 \
                 else 0
+        stick_to = ex.stick_to  # type: ignore[attr-defined]
+        if stick_to is not None and self.server.router is not None:
+            payload = _with_header(payload, self.server.router.set_cookie(stick_to))
         self._write(memoryview(payload)[_RESPONSE_DATA:])
         if flags & RESP_END:
             self._response_done(ex, flags & RESP_CLOSE)
@@ -694,6 +719,17 @@ class Connection:
 # -- TLS ------------------------------------------------------------------------------------
 
 _CLIENT_DN_FIELD: Final = CLIENT_DN_FIELD.encode("latin-1")
+_SCRIPT_NAME_FIELD: Final = SCRIPT_NAME_FIELD.encode("latin-1")
+
+
+def _with_header(payload: bytes, line: bytes) -> bytes:
+    """A RESPONSE payload whose head has ``line`` (ending CRLF) added as its last field."""
+    head_len = protocol.RESPONSE_HEAD.unpack_from(payload)[1]
+    end = _RESPONSE_DATA + head_len
+    if head_len < 4 or payload[end - 4:end] != b"\r\n\r\n":
+        return payload  # not a head we can extend (RAW mode): leave it as it is
+    return b"".join((protocol.RESPONSE_HEAD.pack(payload[0], head_len + len(line)),
+                     payload[_RESPONSE_DATA:end - 2], line, b"\r\n", payload[end:]))
 _WRITE_AGAIN: Final = (ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
 
 
@@ -1139,6 +1175,10 @@ class FrontServer:
         self.accept_paused = False
         _raise_file_limit(self.max_connections)
         self.dispatcher = Dispatcher(cfg, self.loop)
+        from wsgi_zmq.front.routes import Router
+
+        router = Router(cfg)
+        self.router: Router | None = router if router.needed else None
         self.metrics: Any = None  # FrontMetrics, with metrics_bind or control_socket
         self.exporter: Any = None
         self.statsd: Any = None  # the StatsdClient, with statsd_host
@@ -1198,8 +1238,8 @@ class FrontServer:
         """(status, reason) of the ``health_path`` answer."""
         if self.draining:
             return 503, "draining: the front is stopping"
-        if not self.dispatcher.serves(HTTP):
-            if self.dispatcher.http.members:
+        if not self.dispatcher.serves_http():
+            if any(not lane.job and lane.members for lane in self.dispatcher.lanes.values()):
                 return 503, "no HTTP worker takes work: each is drained, ejected or leaving"
             return 503, "no HTTP worker is connected"
         return 200, "ok"

@@ -22,7 +22,9 @@ Rules, after PEP 3333 and CGI (RFC 3875), and what users of gunicorn expect:
   parser refuses the request. ``:ssl-client-s-dn`` (``CLIENT_DN_FIELD``) carries the
   subject of the client certificate a TLS bind verified and becomes ``SSL_CLIENT_S_DN``
   (RFC 4514, e.g. ``CN=client,O=test``, every byte outside printable ASCII escaped as
-  ``\\XX``); any other pseudo field is dropped.
+  ``\\XX``); ``:script-name`` (``SCRIPT_NAME_FIELD``) carries the prefix of a route that
+  strips it: it becomes ``SCRIPT_NAME`` and is cut from the start of ``PATH_INFO``; any
+  other pseudo field is dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ _keys: dict[str, str | None] = {}
 #: The pseudo field (see the module docstring) by which the front passes the subject of a
 #: verified client certificate; it is appended to the REQUEST record's header list.
 CLIENT_DN_FIELD: Final = ":ssl-client-s-dn"
-_PSEUDO_FIELDS: Final = {CLIENT_DN_FIELD: "SSL_CLIENT_S_DN"}
+#: The pseudo field by which the front passes the prefix a route strips: the app's
+#: ``SCRIPT_NAME``, cut from the start of ``PATH_INFO``.
+SCRIPT_NAME_FIELD: Final = ":script-name"
+_SCRIPT_KEY: Final = "wsgi_zmq.script_name"
+_PSEUDO_FIELDS: Final = {CLIENT_DN_FIELD: "SSL_CLIENT_S_DN", SCRIPT_NAME_FIELD: _SCRIPT_KEY}
 
 
 def environ_key(name: str) -> str | None:
@@ -109,4 +115,11 @@ def build_environ(req: RequestHead, base: dict[str, Any]) -> dict[str, Any]:
         environ[key] = value
     if authority is not None:
         environ["HTTP_HOST"] = authority
+    script_name = environ.pop(_SCRIPT_KEY, None)
+    if script_name is not None and path.startswith(script_name) and \
+            path[len(script_name):len(script_name) + 1] in ("", "/"):
+        # a route that strips its prefix (``--route /api=api:strip``): the app is mounted
+        # there, so the URLs it builds start with it
+        environ["SCRIPT_NAME"] = script_name
+        environ["PATH_INFO"] = path[len(script_name):]
     return environ

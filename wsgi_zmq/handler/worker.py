@@ -79,6 +79,7 @@ log = logging.getLogger("wsgi_zmq.error.worker")
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _NOBLOCK = zmq.NOBLOCK
 _zmq_Again = zmq.Again
+_HEARTBEAT = protocol.encode_signal(HEARTBEAT)
 
 
 class Front:
@@ -634,9 +635,10 @@ class Worker:
                 continue
             if kind == HEARTBEAT:
                 front.queued = protocol.decode_heartbeat(payload)
-                if rid:  # a probe: the front ejected us and asks whether we serve again
-                    front.outbox.append(protocol.encode_probe(rid))
-                    self.flush(front)
+                # a probe (the front ejected us and asks whether we serve again) is echoed;
+                # a plain one answered, so the front knows when it last heard from us
+                front.outbox.append(protocol.encode_probe(rid) if rid else _HEARTBEAT)
+                self.flush(front)
                 continue
             if kind == protocol.BYE:
                 front.released = True
@@ -696,9 +698,12 @@ class Worker:
                 flags, service = self.layer.ready()
                 if self.runner.concurrent:
                     flags |= protocol.READY_CONCURRENT
+                if self.cfg.standby and not service:
+                    flags |= protocol.READY_STANDBY
                 self.send(front, [protocol.encode_ready(
                     self.capacity, self.cfg.window, self.pid, self.host, flags, service,
-                    self.pool_name(service), self.cfg.pool_version, self.ppid)])
+                    self.pool_name(service), self.cfg.pool_version, self.ppid,
+                    self.cfg.weight)])
                 if self.pool_stats:
                     # a frame of its own: a front that does not know STATS drops only it
                     self.send(front, [protocol.encode_stats(self.pool_stats)])
