@@ -479,6 +479,12 @@ class Config:
         if self.role != "front" and values["job"] is not None and values["wsgi_app"]:
             raise ConfigError(f"Give either a WSGI app ({values['wsgi_app']}) or --job "
                               f"{values['job']}, not both: a pool hosts one of them")
+        if self.role != "front" and values["job"] is not None and values["profile"]:
+            raise ConfigError(f"profile works for WSGI pools, not for the job pool of "
+                              f"{values['job']}: leave out --profile")
+        if self.role != "front" and values["job"] is not None and values["standby"]:
+            raise ConfigError(f"standby is for the versions of HTTP pools, not for the job "
+                              f"pool of {values['job']}: leave out --standby")
         if serves_http:
             secure = values["curve_secret_key"] is not None
             if values["curve_allow"] is not None and not secure:
@@ -905,6 +911,70 @@ class PoolVersion(Setting):
 
     Shown beside the pool's name. ``--version`` keeps its usual meaning (print wsgi_zmq's
     version and exit), so the tag has a name of its own.
+    """
+
+
+def validate_profile_dir(value: Any) -> str | None:
+    """A directory this process can write in, or make (its nearest existing ancestor is a
+    directory it can write in); None or "" for none. Made by the workers, not here."""
+    if value is None or value == "":
+        return None
+    path = os.path.abspath(validate_string(value))
+    probe = path
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{path} is not writable" if probe == path else
+                         f"{path} cannot be made: {probe} is not writable")
+    return path
+
+
+def validate_profile_rate(value: Any) -> float:
+    problem = "expected a share of requests greater than 0 and at most 1 (0.05 is 5%)"
+    if isinstance(value, bool):
+        raise ValueError(problem)
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if not 0 < rate <= 1:  # also refuses nan
+        raise ValueError(problem)
+    return rate
+
+
+class Profile(Setting):
+    name = "profile"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--profile",)
+    meta = "DIR"
+    validator = staticmethod(validate_profile_dir)
+    since = "0.3.0"
+    desc = """Profile a sampled share of this pool's requests (``profile_rate``) into DIR.
+
+    Each profiled request is run under cProfile (werkzeug's ``ProfilerMiddleware``) and
+    leaves one file in DIR, which ``python -m pstats FILE`` and snakeviz read, named by the
+    request's time, method and path, its duration and the worker's pid. DIR is made if it
+    is missing (it must be writable, or its nearest existing parent). A profiled request's
+    response is buffered: the client gets it once it is complete. WSGI pools only. Other
+    pools of the same front are not affected; ``docs/profiling.md`` has the details.
+    """
+
+
+class ProfileRate(Setting):
+    name = "profile_rate"
+    section = "Worker Processes"
+    roles = HANDLER
+    cli = ("--profile-rate",)
+    meta = "FLOAT"
+    validator = staticmethod(validate_profile_rate)
+    default = 0.01
+    since = "0.3.0"
+    desc = """The share of requests ``profile`` profiles: above 0, at most 1 (every request).
+
+    Drawn at random for each request; an unprofiled request pays one ``random()`` call.
     """
 
 

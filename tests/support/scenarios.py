@@ -8,6 +8,7 @@ every request is answered 200 with its own body: ``failed == 0`` and ``answered 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -156,5 +157,59 @@ def timeout_abort(stack: Stack, seconds: float, clients: int = 8) -> Result:
                   {"stuck statuses": stuck})
 
 
-ALL = [hup_reload, ttin_ttou, max_requests, deploy, term_beside_another, timeout_abort]
+def _version(stack: Stack, endpoint: str, front: Any, version: str, *args: str) -> Any:
+    connected = _count(front, r"Worker \d+@\S+ connected")
+    pool = stack.handler(APP, endpoint, "--workers", "2", "--pool-version", version, *args)
+    front.wait_for_log(r"Worker \d+@\S+ connected", count=connected + 2, timeout=60)
+    return pool
+
+
+def _asks(port: int, version: str) -> int:
+    """A request asking for ``version`` (the header): the pid that answered it."""
+    responses, _ = exchange(port, f"GET /echo?verify=1 HTTP/1.1\r\nHost: t\r\n"
+                                  f"X-Version: {version}\r\n\r\n".encode(), timeout=30)
+    assert responses and responses[0].status == 200, responses
+    return int(json.loads(responses[0].body)["pid"])
+
+
+def canary_promote_rollback(stack: Stack, seconds: float, clients: int = 8) -> Result:
+    """The README's canary deploy, again and again: start the next version in standby,
+    verify it with the version header, give it 10% by weight, promote it, roll back to
+    the old one, promote it again, then stop the old version (TERM)."""
+    control = str(stack.tmp_path / "front.ctl")
+    front, port, endpoint = stack.front("--control-socket", control,
+                                        "--version-header", "X-Version")
+    from support import logged_pids
+    from wsgi_zmq.control import call
+
+    number = 1
+    current = _version(stack, endpoint, front, "v1")
+    checks: list[str] = []
+
+    def cycle() -> None:
+        nonlocal current, number
+        old, number = f"v{number}", number + 1
+        new_name = f"v{number}"
+        new = _version(stack, endpoint, front, new_name, "--standby")
+        pid = _asks(port, new_name)  # verify before it takes traffic
+        if pid not in logged_pids(new):
+            checks.append(f"{new_name} asked, answered by {pid}")
+        call(control, "weight", ["default", new_name, "10"])
+        call(control, "promote", ["default", new_name, ])  # it takes the traffic
+        call(control, "promote", ["default", old])  # roll back
+        call(control, "promote", ["default", new_name])  # and forward again
+        current.send_signal(signal.SIGTERM)  # the old version, now in standby, stops
+        assert current.wait(60) == 0
+        current = new
+
+    result = _under_load("canary: standby, verify, promote, roll back, TERM the old",
+                         port, seconds, clients, cycle)
+    result.failures += checks
+    if checks:
+        result.counts.failed += len(checks)
+    return result
+
+
+ALL = [hup_reload, ttin_ttou, max_requests, deploy, term_beside_another, timeout_abort,
+       canary_promote_rollback]
 

@@ -24,9 +24,13 @@ What it guarantees:
   sends its final record, or when the worker is lost. An exchange the sink gives up while a
   worker holds it leaves a *ghost* in the worker's slot: the worker is told to CANCEL, and the
   slot is free again when the worker acknowledges with its final record.
-- **Lanes.** HTTP requests go to HTTP workers; a job (a JOB record) goes to the workers of
-  its service. Each ``Lane`` has its own lines of workers and its own queue, so a flood
-  for one service does not take the queue of another.
+- **Lanes.** A job (a JOB record) goes to the workers of its service; an HTTP request to
+  the workers of one version of one pool (``http_key``), which its sink picks with
+  ``route`` (by the front's routes, the versions' weights and standby, and the version the
+  request asks for). Each ``Lane`` has its own lines of workers and its own queue, so a
+  flood for one service does not take the queue of another. A lane counts its workers
+  that take work (``serving``); when none is left, its waiting HTTP requests move to the
+  lane ``route`` picks now (``_rebalance``).
 - **Dispatch by credit.** A worker announces its capacity (READY); it holds at most that many
   slots. An idle worker is preferred, least recently used first; then a worker with free
   capacity that is not stalled. With no capacity anywhere a request waits in a FIFO queue of

@@ -630,6 +630,10 @@ class WsgiLayer:
         """The environ keys every request shares, and the settings read per request."""
         cfg = self.worker.cfg
         self.app = self.worker.app
+        if cfg.profile is not None:  # a sampled share of the requests (handler/profile.py)
+            from wsgi_zmq.handler.profile import SampledProfiler
+
+            self.app = SampledProfiler.start(self.app, cfg.profile, cfg.profile_rate)
         self.chunk_size = cfg.chunk_size
         self.server_header = cfg.server_header
         self.base_environ = {
