@@ -64,9 +64,11 @@ from servers import (
 APP = "bench.hello:app"
 BODY = b"Hello, World!"
 SERVERS = ("wsgi_zmq", "wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "wsgi_zmq+statsd",
+           "wsgi_zmq+routes",
            "gunicorn-sync", "gunicorn-gevent", "uwsgi")
 #: run only when named in --servers: variants of wsgi_zmq for the cost of a feature
-OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "wsgi_zmq+statsd")
+OPTIONAL = ("wsgi_zmq+curve", "wsgi_zmq+https", "wsgi_zmq+metrics", "wsgi_zmq+statsd",
+            "wsgi_zmq+routes")
 START_SECONDS = 30.0
 #: wrk gets this long beyond its duration before it is killed
 WRK_GRACE_SECONDS = 30.0
@@ -167,6 +169,10 @@ def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
             extra += ["--metrics-bind", "127.0.0.1:0"]
         elif name == "wsgi_zmq+statsd":
             extra += ["--statsd-host", f"127.0.0.1:{statsd_sink(args)}"]
+        elif name == "wsgi_zmq+routes":
+            # every request routed: two routes it does not match, a versioned pool
+            extra += ["--route", "/api=api:strip", "--route", "*.example.com/=web",
+                      "--pool-version", "v1", "--sticky-cookie", "wv"]
         source = args.baseline_dir if name.startswith("wsgi_zmq@") else None
         server, url = start_wsgi_zmq(launcher, APP, args.zmq_workers, extra, START_SECONDS,
                                      source=source, name=name)
