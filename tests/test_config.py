@@ -599,3 +599,34 @@ def test_check_config_with_a_bad_app(bad_apps: Path, role: str, uri: str,
 
 def test_check_config_without_an_app() -> None:
     assert_config_error(run("handler", "--check-config"), "No application")
+
+
+def test_routes_from_a_config_file_list_and_the_command_line(
+        tmp_path: Path, no_env_args: pytest.MonkeyPatch) -> None:
+    """``route`` is a list in a config file and repeatable on the command line, which
+    replaces the file's list; each is parsed into host, prefix, pool and strip."""
+    from wsgi_zmq.config import Route
+
+    path = write_config(tmp_path, 'route = ["/api/=api:strip", "*.Example.com/=web"]\n')
+    cfg = cli.load_config("front", ["-c", path])
+    assert cfg.route == [Route(None, "/api", "api", True, "/api/=api:strip"),
+                         Route("*.example.com", "/", "web", False, "*.Example.com/=web")]
+    cfg = cli.load_config("front", ["-c", path, "--route", "shop.example.com/v1=shop"])
+    assert [(r.host, r.prefix, r.pool) for r in cfg.route] == [
+        ("shop.example.com", "/v1", "shop")]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("api=x", "is not \\[HOST\\]PATH-PREFIX=POOL"),
+    ("/=x:strip", "nothing to strip"),
+    ("/a=b=c", "is not"),
+    ("/a b=x", "is not"),
+])
+def test_bad_routes_are_refused(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        REGISTRY["route"].validate([value])
+
+
+def test_two_routes_for_the_same_host_and_prefix_are_refused() -> None:
+    with pytest.raises(ConfigError, match="route the same host and path"):
+        REGISTRY["route"].validate(["/api=a", "/api/=b"])

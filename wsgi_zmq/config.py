@@ -706,8 +706,10 @@ class Routes(Setting):
     ``/api=api`` sends ``/api`` and everything under it (``/api/users``, not ``/apis``)
     to the pool ``api``; ``shop.example.com/=shop`` the requests whose ``Host`` is
     ``shop.example.com``; ``*.example.com/=web`` those of every subdomain of
-    ``example.com``. The longest prefix wins; of two with the same prefix, the one that
-    names a host. ``:strip`` mounts the app at the prefix: ``SCRIPT_NAME`` becomes
+    ``example.com``. Routes that name the request's host come first (an exact name, then
+    ``*.`` patterns), then those for any host; among them the longest prefix wins, so
+    ``shop.example.com/=shop`` takes all of that host. ``:strip`` mounts the app at the
+    prefix: ``SCRIPT_NAME`` becomes
     ``/api`` and ``PATH_INFO`` the rest, so the URLs the app builds start with ``/api``.
     A request for a pool that has no worker waits up to ``queue_timeout``, then gets 503.
     """

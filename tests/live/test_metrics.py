@@ -108,6 +108,9 @@ def test_pool_masters_report_their_workers_and_restarts(stack, tmp_path):
         scrape(mport)), 10)
     assert s["wsgi_zmq_pool_workers"] == {(("pool", "web"),): 2}
     assert s["wsgi_zmq_workers"][(("pool", "web"),)] == 2
+    assert s["wsgi_zmq_version_workers"][(("pool", "web"), ("version", ""))] == 2
+    assert s["wsgi_zmq_version_weight"][(("pool", "web"), ("version", ""))] == 100
+    assert s["wsgi_zmq_version_standby"][(("pool", "web"), ("version", ""))] == 0
     restarts = s["wsgi_zmq_pool_restarts_total"]
     assert restarts == {(("pool", "web"), ("reason", r)): 0
                         for r in ("timeout", "max_requests", "crash")}

@@ -86,6 +86,13 @@ METRICS: Final = (
            "Requests the pool's connected workers may hold at once (their READY capacity)."),
     Metric("worker_busy_ratio", "gauge", ("pool",),
            "Requests the pool's workers hold, as a share of their capacity."),
+    Metric("version_workers", "gauge", ("pool", "version"),
+           "HTTP workers connected, by pool and version (--pool-version; \"\" for none)."),
+    Metric("version_weight", "gauge", ("pool", "version"),
+           "The weight of each version of an HTTP pool: its share of the pool's requests "
+           "against the other versions'."),
+    Metric("version_standby", "gauge", ("pool", "version"),
+           "1 for a version in standby (it gets only the requests that ask for it), else 0."),
     Metric("pool_workers", "gauge", ("pool",),
            "Worker processes the pool's masters run, as they last reported (STATS): "
            "workers still booting or not connected to this front count too."),
@@ -233,6 +240,18 @@ class FrontCollector:
         yield workers
         yield capacity
         yield busy
+        by_version = gauge("version_workers", ("pool", "version"))
+        weights = gauge("version_weight", ("pool", "version"))
+        standby = gauge("version_standby", ("pool", "version"))
+        for pool, known in sorted(dispatcher.versions.items()):
+            for name, version in sorted(known.items()):
+                lane = dispatcher.lanes.get(version.key)
+                by_version.add_metric([pool, name], lane.members if lane is not None else 0)
+                weights.add_metric([pool, name], version.weight)
+                standby.add_metric([pool, name], 1 if version.standby else 0)
+        yield by_version
+        yield weights
+        yield standby
         running = gauge("pool_workers", ("pool",))
         restarts = counter("pool_restarts_total", ("pool", "reason"))
         ran: dict[str, int] = {}

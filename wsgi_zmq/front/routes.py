@@ -10,11 +10,14 @@ Usage (in the front)::
     key, picked = dispatcher.route(choice.pool, choice.asked, choice.sticky)
     if picked is not None and router.sticky_cookie: set the cookie to ``picked``
 
-Routes are tried longest prefix first; of two with the same prefix the one that names a
-host first, then the one with a ``*.`` host pattern, then the one for any host. A prefix
-matches the path itself and anything below it (``/api`` matches ``/api``, ``/api/x`` and
-``/api?q``, not ``/apix``). Hosts are matched on the ``Host`` header without its port,
-ignoring case; ``*.example.com`` matches every name that ends in ``.example.com``.
+Routes are tried host first, as Mongrel2 picks a host before its routes: those that name
+the request's host exactly, then those whose ``*.`` pattern it matches (the longest
+pattern first), then those for any host; within each, the longest prefix first. So
+``shop.example.com/=shop`` takes every request for that host, whatever routes for any host
+say. A prefix matches the path itself and anything below it (``/api`` matches ``/api``,
+``/api/x`` and ``/api?q``, not ``/apix``). Hosts are matched on the ``Host`` header without
+its port, ignoring case; ``*.example.com`` matches every name that ends in
+``.example.com``.
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ class Router:
             wildcard = bool(host and host.startswith(b"*."))
             routes.append(_Route(host[1:] if wildcard and host else host, wildcard,
                                  route.prefix.encode("ascii"), route.pool, route.strip))
-        # the order of ``pick``: longest prefix, then an exact host, a pattern, any host
-        routes.sort(key=lambda r: (-len(r.prefix), 0 if r.host and not r.wildcard else
-                                   1 if r.wildcard else 2))
+        # the order of ``match``: an exact host, then patterns (longest first), then any
+        # host; within each, the longest prefix
+        routes.sort(key=lambda r: (0 if r.host and not r.wildcard else 1 if r.wildcard
+                                   else 2, -len(r.host or b""), -len(r.prefix)))
         self.routes = routes
         self.hosts = any(r.host for r in routes)
         self.version_header = _lower(cfg.version_header)
