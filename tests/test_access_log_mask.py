@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from support.recording import Lines
 from wsgi_zmq.config import Config
 from wsgi_zmq.log import ACCESS_LOGGER, MASK, AccessLog, Atoms
 
@@ -76,15 +77,6 @@ def test_the_default_of_atoms_is_masking():
     """``Atoms`` built without ``secrets`` (as older callers do) masks."""
     plain = Atoms(ENVIRON, "200 OK", HEADERS, 5, 0.0, 0.001, "1@h", 0.0)
     assert plain["{cookie}i"] == MASK
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture

@@ -13,28 +13,12 @@ from typing import Any
 
 import pytest
 
+from support.recording import Clock, Lines
 from wsgi_zmq.config import REGISTRY, Config, parse_statsd_host
 from wsgi_zmq.errors import ConfigError
 from wsgi_zmq.front import statsd
 from wsgi_zmq.front.metrics import FrontMetrics
 from wsgi_zmq.front.statsd import MAX_DATAGRAM, StatsdClient, pack, statsd_prefix
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture

@@ -41,9 +41,21 @@ PROGRAMS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr and exit ``status``: every
+    command line tool of wsgi_zmq subclasses it with its own status and line."""
+
+    status = EXIT_CONFIG
+
+    def line(self, message: str) -> str:
+        return f"Error: {message}"
+
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"Error: {message}\n")
+        self.exit(self.status, self.line(message) + "\n")
+
+
+class _Parser(UsageParser):
+    pass
 
 
 def build_parser(role: str) -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ from typing import Any, Final, Literal, NoReturn, overload
 import zmq
 
 from wsgi_zmq import __version__
+from wsgi_zmq.cli import UsageParser
 from wsgi_zmq.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ProtocolError
 
 log = logging.getLogger("wsgi_zmq.error.client")
@@ -674,9 +675,9 @@ Exit codes:
 Every failure is one line on stderr."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{NAME}: {message} (see {self.prog} --help)\n")
+class _Parser(UsageParser):
+    def line(self, message: str) -> str:
+        return f"{NAME}: {message} (see {self.prog} --help)"
 
 
 def _seconds(text: str) -> float:

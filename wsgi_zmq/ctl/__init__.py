@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final, NoReturn
 
 from wsgi_zmq import __version__
+from wsgi_zmq.cli import UsageParser
 from wsgi_zmq.config import validate_control_socket
 from wsgi_zmq.control import TIMEOUT, ControlError, Unreachable
 from wsgi_zmq.control import call as ask
@@ -606,9 +607,11 @@ Exit codes:
 Every failure is one line on stderr."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{NAME}: {message} (see {self.prog} --help)\n")
+class _Parser(UsageParser):
+    status = EXIT_USAGE
+
+    def line(self, message: str) -> str:
+        return f"{NAME}: {message} (see {self.prog} --help)"
 
 
 def _seconds(text: str) -> float:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from wsgi_zmq import __version__
+from wsgi_zmq.cli import UsageParser
 from wsgi_zmq.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 
 PROG = "python -m wsgi_zmq.keys"
@@ -263,9 +264,9 @@ def read_public_key(path: str | os.PathLike[str]) -> str:
 
 # -- the command line ------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"Error: {message} (see {self.prog} --help)\n")
+class _Parser(UsageParser):
+    def line(self, message: str) -> str:
+        return f"Error: {message} (see {self.prog} --help)"
 
 
 def build_parser() -> argparse.ArgumentParser:
