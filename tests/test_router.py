@@ -79,3 +79,25 @@ def test_pick_takes_any_bytes(target: bytes, headers: list[bytes]) -> None:
     r = router(*ROUTES, version_header="X-Version", version_cookie="wv", sticky_cookie="s")
     choice = r.pick(target, headers)
     assert choice.pool in {"api", "api2", "shop", "shopapi", "sub", "eu", "web"}
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[A-Za-z-]{1,12}", fullmatch=True),
+                          st.from_regex(r"[ -~]{0,30}", fullmatch=True)), max_size=6),
+       st.binary(max_size=50), st.booleans())
+def test_a_sticky_cookie_goes_into_the_response_head(fields: list[tuple[str, str]],
+                                                     body: bytes, end: bool) -> None:
+    """``_with_header`` adds the line as the head's last field and keeps the body; a head
+    without its blank line (RAW mode) is left alone."""
+    from wsgi_zmq import protocol as p
+    from wsgi_zmq.front.server import _with_header
+
+    head = ("HTTP/1.1 200 OK\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+            + "\r\n").encode()
+    record = p.encode_response(1, p.RESP_END if end else 0, head, body)
+    payload = p.split_frame(p.frame([record]))[0].payload
+    line = b"Set-Cookie: s=v1; Path=/\r\n"
+    out = p.decode_response(_with_header(payload, line))
+    assert out.head == head[:-2] + line + b"\r\n"
+    assert out.body == body and out.flags == (p.RESP_END if end else 0)
+    raw = p.split_frame(p.frame([p.encode_response(1, 0, b"HTTP/1.1 200 OK\r\n", body)]))
+    assert _with_header(raw[0].payload, line) == raw[0].payload
