@@ -15,6 +15,8 @@ import io
 import json
 import math
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import ROOT, python_env
 from support.ctl import ctl, run_in_pty
 from wsgi_zmq import __version__
 from wsgi_zmq.control import Commands, ControlError, ControlServer, listen, wait
@@ -446,3 +449,16 @@ def test_cli_top_in_a_terminal(serve: Callable[[dict[str, Any]], Path]) -> None:
     # 100 requests per 10 s of the front's uptime between the two canned statuses
     assert "requests/s 10.0  p50 55.0ms  p99 99.1ms  queue 2" in second
     assert "4301" in second and "25.0" in second
+
+
+def test_bin_script_runs_the_tool(serve: Callable[[dict[str, Any]], Path]) -> None:
+    """``bin/wsgi-zmq-ctl`` (and the console script of that name) is the same tool."""
+    path = serve(front_table())
+    script = str(ROOT / "bin" / "wsgi-zmq-ctl")
+    done = subprocess.run([sys.executable, script, str(path), "status"], cwd=ROOT,
+                          env=python_env(), capture_output=True, text=True, timeout=20)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "pid 4242" in done.stdout
+    helped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=python_env(),
+                            capture_output=True, text=True, timeout=20)
+    assert helped.stdout.startswith("usage: wsgi-zmq-ctl ")
