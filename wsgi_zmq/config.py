@@ -1400,6 +1400,26 @@ class QueueSize(Setting):
     """
 
 
+class MaxQueueBytes(Setting):
+    name = "max_queue_bytes"
+    section = "Backend"
+    roles = FRONT
+    cli = ("--max-queue-bytes",)
+    meta = "BYTES"
+    validator = staticmethod(validate_pos_int)
+    default = 256 * 1024 * 1024
+    default_doc = "268435456 (256 MiB)"
+    since = "0.3.0"
+    desc = """How many bytes the requests and jobs waiting in the front may hold, all together.
+
+    A job carries its frames whole (up to 64 MiB each), so ``queue_size`` alone would let
+    clients park gigabytes in the front. A request or job that would take the waiting ones
+    past this bound is answered at once, 503 (a job: an error reply) with ``Retry-After``.
+    HTTP requests hold only their head (their body streams under credit), so this bounds
+    the jobs in practice.
+    """
+
+
 class RequestTimeout(Setting):
     name = "request_timeout"
     section = "Backend"

@@ -459,6 +459,10 @@ class Dispatcher:
         self.loop = loop if loop is not None else gevent.get_hub().loop
         self.clock: Callable[[], float] = clock if clock is not None else self.loop.now
         self.queue_size: int = cfg.queue_size
+        self.max_queue_bytes: int = cfg.max_queue_bytes
+        # the bytes of the records of every queued exchange, all lanes (``check`` derives
+        # it again); a submit that would pass ``max_queue_bytes`` is refused at once
+        self.queued_bytes = 0
         self.request_timeout: float = cfg.request_timeout
         self.queue_timeout: float = cfg.queue_timeout
         self.eject_after: int = cfg.eject_after
@@ -560,6 +564,11 @@ class Dispatcher:
                 lane.service and not lane.members and self._orphans_full()):
             ex.move(DONE)
             ex.sink.on_failure(ex, ServiceUnavailable("No worker is free; try again"))
+            return
+        if self.queued_bytes + len(ex.record) > self.max_queue_bytes:
+            ex.move(DONE)
+            ex.sink.on_failure(ex, ServiceUnavailable(
+                "No worker is free, and what waits already holds max_queue_bytes; try again"))
             return
         ex.move(QUEUED)
         self._enqueue(ex, lane)
@@ -779,7 +788,7 @@ class Dispatcher:
         if state == DONE:
             return
         if state == QUEUED:
-            del self.lanes[ex.service].queue[ex]
+            self._unqueue(self.lanes[ex.service], ex)
         elif state != NEW:
             peer = ex.worker
             assert peer is not None
@@ -796,6 +805,7 @@ class Dispatcher:
             for ex in lane.queue:
                 ex.move(DONE)
             lane.queue.clear()
+        self.queued_bytes = 0
         for peer in list(self.peers.values()):
             for slot in list(peer.slots.values()):
                 if isinstance(slot, Exchange):
@@ -846,6 +856,9 @@ class Dispatcher:
                     assert peer.eligible, f"{peer!r} listed but not eligible"
             if lane.queue:
                 assert not lane.idle, f"{lane!r}: requests wait while a worker is idle"
+        queued = sum(len(ex.record) for lane in self.lanes.values() for ex in lane.queue)
+        assert self.queued_bytes == queued, \
+            f"queued_bytes {self.queued_bytes}, the queues hold {queued}"
         assert self.idle is self.http.idle and self.ready is self.http.ready and \
             self.queue is self.http.queue, "the HTTP lane's names moved"
         for peer in self.peers.values():
@@ -921,10 +934,21 @@ class Dispatcher:
         ex.queued_at = now
         ex.deadline = ex.wait_deadline
         lane.queue[ex] = None
+        self.queued_bytes += len(ex.record)
         if first:
             lane.queue.move_to_end(ex, last=False)
         if _debug():
             log.debug("Queued request %x: %d waiting", ex.rid, len(lane.queue))
+
+    def _pop(self, lane: Lane, last: bool = False) -> Exchange:
+        """Take the first (or the last) exchange out of ``lane``'s queue."""
+        ex, _ = lane.queue.popitem(last=last)
+        self.queued_bytes -= len(ex.record)
+        return ex
+
+    def _unqueue(self, lane: Lane, ex: Exchange) -> None:
+        del lane.queue[ex]
+        self.queued_bytes -= len(ex.record)
 
     def _detach(self, ex: Exchange, peer: Peer) -> None:
         """``ex`` leaves ``peer`` before the worker's final record: a ghost keeps the slot."""
@@ -953,7 +977,7 @@ class Dispatcher:
         lane = peer.lane
         if lane.queue and len(peer.slots) < peer.capacity and (
                 peer.concurrent or now - peer.progress < STALL_SECONDS):
-            ex, _ = lane.queue.popitem(last=False)
+            ex = self._pop(lane)
             ex.move(SENT)
             self._assign(ex, peer)  # takes the slot this release freed
             if lane.queue and peer.line != _UNLISTED:
@@ -982,7 +1006,7 @@ class Dispatcher:
             peer = self._pick(lane)
             if peer is None:
                 return
-            ex, _ = queue.popitem(last=False)
+            ex = self._pop(lane)
             ex.move(SENT)
             self._assign(ex, peer)
 
@@ -1509,7 +1533,7 @@ class Dispatcher:
                 self._rebalance(lane.pool)  # its version lost its last worker
             self._drain_queue(lane)
             while len(lane.queue) > self.queue_size:
-                newest, _ = lane.queue.popitem(last=True)
+                newest = self._pop(lane, last=True)
                 newest.move(DONE)
                 newest.sink.on_failure(newest, ServiceUnavailable(
                     "No worker is free; try again"))
@@ -1605,7 +1629,7 @@ class Dispatcher:
                 else:
                     why = f"No worker was free within {self.queue_timeout:g} s"
                 for ex in late:
-                    del lane.queue[ex]
+                    self._unqueue(lane, ex)
                     ex.move(DONE)
                     ex.sink.on_failure(ex, ServiceUnavailable(why))
             elif lane.service and not lane.members:
