@@ -700,8 +700,9 @@ class Routes(Setting):
     default: ClassVar[list[str]] = []
     default_doc = "[]"
     since = "0.3.0"
-    desc = """Send requests to a handler pool by host and path, as Mongrel2 routes do;
-    repeatable. Requests no route takes go to the pool ``default``.
+    desc = """Send requests to a handler pool by host and path (repeatable), as in Mongrel2.
+
+    Requests no route takes go to the pool ``default``.
 
     ``/api=api`` sends ``/api`` and everything under it (``/api/users``, not ``/apis``)
     to the pool ``api``; ``shop.example.com/=shop`` the requests whose ``Host`` is
@@ -892,8 +893,10 @@ class Standby(Setting):
     validator = staticmethod(validate_bool)
     default = False
     since = "0.3.0"
-    desc = """Start this pool version in standby: connected, health-checked, and sent only the
-    requests that ask for its version (``version_header``, ``version_cookie``).
+    desc = """Start this pool version in standby: connected, but sent only requests asking for it.
+
+    A standby version is connected and health-checked, and gets only the requests that ask
+    for its version (``version_header``, ``version_cookie``).
 
     ``ctl FRONT promote POOL VERSION`` gives it the traffic and puts the pool's other
     versions in standby.
