@@ -49,7 +49,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -80,6 +80,8 @@ _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _NOBLOCK = zmq.NOBLOCK
 _zmq_Again = zmq.Again
 _HEARTBEAT = protocol.encode_signal(HEARTBEAT)
+#: ``WSGI_ZMQ_CHECK=1``: a debugging worker that checks its invariants every turn
+_CHECK: Final = bool(os.environ.get("WSGI_ZMQ_CHECK"))
 
 
 class Front:
@@ -101,8 +103,38 @@ class Front:
         self.queued = 0  # requests waiting in the front, from its last HEARTBEAT
 
 
+#: A request's phases (``Request.phase``), and every change ``Request.move`` allows:
+#:
+#: ======= =========================================================================
+#: QUEUED  accepted from its front, not started (the sync runner's ``worker.queue``)
+#:         -> RUNNING (the app or the job function gets it: ``Worker.enter_app``),
+#:         DONE (its final record without running: handed back with REJECT, refused
+#:         with ERROR, or ended when its front was lost or it was cancelled)
+#: RUNNING -> DONE (its final record: the response's end, END_ABORT, ERROR)
+#: DONE    -> nothing: the front forgets the exchange with its final record
+#: ======= =========================================================================
+#:
+#: Beside the phase, ``cancelled`` says the other side gave up (CANCEL, or the front was
+#: lost) and ``granted`` that the app started reading a streamed body (HTTP): both may
+#: become true in any phase before DONE. ``Worker.check`` asserts the invariants;
+#: ``WSGI_ZMQ_CHECK=1`` makes a worker call it every turn of its loop.
+QUEUED: Final = 0
+RUNNING: Final = 1
+DONE: Final = 2
+PHASE_NAMES: Final = ("QUEUED", "RUNNING", "DONE")
+PHASES: Final[tuple[frozenset[int], ...]] = (
+    frozenset({RUNNING, DONE}),  # QUEUED
+    frozenset({DONE}),           # RUNNING
+    frozenset(),                 # DONE
+)
+
+
+class PhaseError(AssertionError):
+    """A request was moved to a phase ``PHASES`` does not allow from its own."""
+
+
 class Request(ABC):
-    """The worker's side of one exchange: its state, its credit, its final record.
+    """The worker's side of one exchange: its phase, its credit, its final record.
 
     A layer subclasses it (``HttpRequest``, ``JobRequest``) with the records its kind of
     request sends and the two decisions that depend on the kind: ``can_hand_back`` and
@@ -111,7 +143,7 @@ class Request(ABC):
     """
 
     __slots__ = ("worker", "front", "rid", "generation", "payload", "window", "credit",
-                 "body", "body_done", "consumed", "granted", "cancelled", "finished", "event")
+                 "body", "body_done", "consumed", "granted", "cancelled", "phase", "event")
 
     def __init__(self, worker: Worker, front: Front, rid: int, payload: bytes) -> None:
         self.worker = worker
@@ -126,8 +158,20 @@ class Request(ABC):
         self.consumed = 0
         self.granted = False  # the app started reading a streamed body (HTTP)
         self.cancelled = False
-        self.finished = False
+        self.phase = QUEUED
         self.event: Any = None  # the gevent runner's wake-up for the greenlet serving it
+
+    @property
+    def finished(self) -> bool:
+        """Its final record is out (or its front was lost with it)."""
+        return self.phase == DONE
+
+    def move(self, phase: int) -> None:
+        """Change phase, or raise ``PhaseError`` if ``PHASES`` does not allow it."""
+        if phase not in PHASES[self.phase]:
+            raise PhaseError(f"request {self.rid:x}: {PHASE_NAMES[self.phase]} -> "
+                             f"{PHASE_NAMES[phase]} is not a change of phase")
+        self.phase = phase
 
     @abstractmethod
     def can_hand_back(self) -> bool:
@@ -155,7 +199,7 @@ class Request(ABC):
         return True
 
     def _final(self) -> None:
-        self.finished = True
+        self.move(DONE)
         self.front.requests.pop(self.rid, None)
 
     def finish_with(self, record: bytes) -> None:
@@ -490,11 +534,30 @@ class Worker:
     def turn(self) -> bool:
         """Once per turn of the runner's loop: start draining after TERM, see whether the
         drain is over, and do the housekeeping. False when the loop must end."""
+        if _CHECK:
+            self.check()
         if not self.alive and not self.leaving:
             self.start_leaving()
         if self.leaving and self.has_left():
             return False
         return self.housekeeping()
+
+    def check(self) -> None:
+        """Assert the invariants of the worker's requests (``PHASES``); raise
+        ``AssertionError``. ``WSGI_ZMQ_CHECK=1`` calls it every turn of the loop."""
+        for front in self.fronts:
+            for rid, req in front.requests.items():
+                assert req.rid == rid and req.front is front, f"{req!r} filed under {rid:x}"
+                assert req.phase != DONE, f"request {rid:x} is DONE but still registered"
+                assert req.generation == front.generation, \
+                    f"request {rid:x} of an earlier connection is still registered"
+                assert req.credit >= 0, f"request {rid:x} has credit {req.credit}"
+        for req in self.queue:
+            assert req.phase == QUEUED, \
+                f"request {req.rid:x} waits in the queue but is {PHASE_NAMES[req.phase]}"
+        current = self.current
+        if current is not None:
+            assert current.phase != QUEUED, f"the app runs request {current.rid:x}, QUEUED"
 
     def housekeeping(self) -> bool:
         """Tell the master we live, reopen logs, watch for code changes and for a vanished
@@ -578,6 +641,7 @@ class Worker:
 
     def enter_app(self, req: Request, now: float) -> None:
         """The app starts running ``req``: from here the SIGALRM handler may act."""
+        req.move(RUNNING)
         self.running_since = now
         self.current = req
         self.quiet = 0
