@@ -19,11 +19,13 @@ after the fork.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import shlex
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from wsgi_zmq import __version__
@@ -56,6 +58,19 @@ class UsageParser(argparse.ArgumentParser):
 
 class _Parser(UsageParser):
     pass
+
+
+@contextlib.contextmanager
+def tool_exits(broken_pipe_status: int) -> Iterator[None]:
+    """How every command line tool ends when its output goes away: stdout closed early
+    (``| head``) exits ``broken_pipe_status`` with nothing more said, Ctrl-C exits 130."""
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(broken_pipe_status)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def build_parser(role: str) -> argparse.ArgumentParser:

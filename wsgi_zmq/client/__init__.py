@@ -66,7 +66,7 @@ from typing import Any, Final, Literal, NoReturn, overload
 import zmq
 
 from wsgi_zmq import __version__
-from wsgi_zmq.cli import UsageParser
+from wsgi_zmq.cli import UsageParser, tool_exits
 from wsgi_zmq.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ProtocolError
 
 log = logging.getLogger("wsgi_zmq.error.client")
@@ -763,23 +763,19 @@ def main(argv: list[str] | None = None) -> NoReturn:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     out = sys.stdout.buffer
-    try:
-        frames = _frames(args.payload)
-        with JobClient(args.endpoint, service=args.service, timeout=args.timeout,
-                       retries=args.retries, curve_secret_key=args.curve_secret_key,
-                       curve_server_key=args.curve_server_key, green=False,
-                       idempotent=args.idempotent) as client:
-            for reply in client.stream(frames):
-                _write(out, reply)
-    except ConfigError as exc:
-        _fail(EXIT_CONFIG, exc)
-    except JobError as exc:
-        _fail(EXIT_JOB_ERROR, exc)
-    except (JobTimeout, ProtocolError) as exc:
-        _fail(EXIT_FAILURE, exc)
-    except BrokenPipeError:  # stdout closed early (| head): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(EXIT_FAILURE)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with tool_exits(EXIT_FAILURE):
+        try:
+            frames = _frames(args.payload)
+            with JobClient(args.endpoint, service=args.service, timeout=args.timeout,
+                           retries=args.retries, curve_secret_key=args.curve_secret_key,
+                           curve_server_key=args.curve_server_key, green=False,
+                           idempotent=args.idempotent) as client:
+                for reply in client.stream(frames):
+                    _write(out, reply)
+        except ConfigError as exc:
+            _fail(EXIT_CONFIG, exc)
+        except JobError as exc:
+            _fail(EXIT_JOB_ERROR, exc)
+        except (JobTimeout, ProtocolError) as exc:
+            _fail(EXIT_FAILURE, exc)
     sys.exit(EXIT_OK)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final, NoReturn
 
 from wsgi_zmq import __version__
-from wsgi_zmq.cli import UsageParser
+from wsgi_zmq.cli import UsageParser, tool_exits
 from wsgi_zmq.config import validate_control_socket
 from wsgi_zmq.control import TIMEOUT, ControlError, Unreachable
 from wsgi_zmq.control import call as ask
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         parser.error(f"top takes no arguments (got {' '.join(args.args)})")
     if top and args.json:
         parser.error("--json does not apply to top (use status --json)")
-    try:
+    with tool_exits(EXIT_FAILED):
         if top:
             sys.exit(run_top(path, args.interval or DEFAULT_INTERVAL, args.count, args.timeout,
                              sys.stdout, sys.stderr))
@@ -704,9 +704,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
         else:
             print("\n".join(render_result(args.command, result)))
         sys.stdout.flush()
-    except BrokenPipeError:  # stdout closed early (| head): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        sys.exit(130)
     sys.exit(EXIT_OK)
