@@ -293,3 +293,33 @@ def test_dispatcher_versions_state_machine() -> None:
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
         report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+
+
+# -- regressions: failures the machine found, shrunk, replayed as plain steps ----------------
+
+def test_regression_rebalance_keeps_the_queue_bound() -> None:
+    """Version a (two workers, capacity 1) holds a full queue (queue_size 4); a request
+    that asked for c went to c's one worker, and that worker is lost. The request goes
+    back to c's queue, and ``_rebalance`` moves it to a, where ``route`` sends it now.
+    It used not to look at ``queue_size``: a's queue held 5 and ``Dispatcher.check()``
+    failed (found in CI). Now what passes the bound gets 503: the moved request, which
+    joined the end of a's queue."""
+    state = VersionsMachine()
+    state.init()
+    try:
+        state.connect(capacity=1, standby=False, version="a", weight=0)
+        for _ in range(5):
+            state.submit(asked=None)
+        state.connect(capacity=1, standby=False, version="a", weight=0)
+        state.submit(asked=None)
+        state.leave(how="bye", which=0)
+        state.connect(capacity=1, standby=False, version="c", weight=0)
+        state.submit(asked="c")
+        moved = state.exs[-1]
+        state.leave(how="lose", which=1)
+        assert moved.ex.state == DONE and moved.finals == 1
+        assert len(state.d.lanes[http_key(POOL, "a")].queue) == 4
+        state.teardown()
+    finally:
+        if state.backend is not None:
+            state.backend.close()

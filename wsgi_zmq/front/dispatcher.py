@@ -109,6 +109,10 @@ MAX_LOSSES: Final = 4
 #: before it looks at the clock, so a flood of frames from one peer held every client
 #: back for 50 ms at a time.)
 _RECV_BATCH = 64
+#: Messages that are waste (``_handle``) end the turn after this many: a peer flooding
+#: garbage costs each turn at most that much, and what it sends faster waits in libzmq,
+#: whose queue limit (RCVHWM) then stops reading from its connection.
+_WASTE_PER_TURN = 8
 
 #: A busy worker that has finished no request for this long is stalled: it gets nothing new
 #: until it finishes one. A sync worker runs its requests in order, so a request sent to a
@@ -737,7 +741,7 @@ class Dispatcher:
     def _rebalance(self, pool: str) -> None:
         """Requests waiting in a lane of ``pool`` that has no worker taking work go where
         ``route`` sends them now (in their order, keeping their deadlines), if that lane
-        has one."""
+        has one; they join the end of its queue, and what passes its bound gets 503."""
         if pool not in self.versions:
             return
         moved: list[Lane] = []
@@ -756,6 +760,7 @@ class Dispatcher:
                     moved.append(target)
         for target in moved:
             self._drain_queue(target)
+            self._trim(target)
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
         """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
@@ -1086,6 +1091,7 @@ class Dispatcher:
     def _on_readable(self) -> None:
         recv = self._recv
         sock = self.sock
+        waste = 0
         for _ in range(_RECV_BATCH):
             try:
                 ident = recv(_NOBLOCK)
@@ -1106,8 +1112,11 @@ class Dispatcher:
                     recv()
                 self.malformed.warning("Dropped a message of more than two parts from %r",
                                        ident)
+            elif self._handle(ident, data):
                 continue
-            self._handle(ident, data)
+            waste += 1
+            if waste == _WASTE_PER_TURN:
+                break
         if not self._more.active:  # more may wait: take them on the next turn of the loop
             self._more.start(self._on_readable)
 
@@ -1141,13 +1150,19 @@ class Dispatcher:
                 self.revoked.add(peer.ident)
                 self._drop(peer, "its key was revoked")
 
-    def _handle(self, ident: bytes, data: bytes) -> None:
+    def _handle(self, ident: bytes, data: bytes) -> bool:
+        """Act on one message; False if it was waste (it did not decode, or came from an
+        unknown peer and was no READY)."""
         try:
             records = _split_frame(data)
         except ProtocolError as exc:
             self.malformed.warning("Dropped a malformed message from %r: %s", ident, exc)
-            return
+            return False
         peer = self.peers.get(ident)
+        if peer is None and not any(kind == READY for kind, _, _ in records):
+            if _debug():
+                log.debug("Dropped a message without READY from unknown peer %r", ident)
+            return False
         if peer is not None:
             peer.heard = self.clock()
         for kind, rid, payload in records:
@@ -1159,7 +1174,7 @@ class Dispatcher:
                               ident)
                 continue
             if peer.gone:
-                return  # lost while this frame was being handled
+                return True  # lost while this frame was being handled
             if rid:
                 ex = peer.slots.get(rid)
                 if ex is None:
@@ -1190,6 +1205,7 @@ class Dispatcher:
             elif kind != HEARTBEAT:
                 self.malformed.warning("Dropped %s without a request id from %r",
                                        protocol.KIND_NAMES[kind], peer)
+        return True
 
     def _on_exchange_record(self, peer: Peer, ex: Exchange, kind: int, payload: bytes) -> None:
         sink = ex.sink
@@ -1532,11 +1548,15 @@ class Dispatcher:
             if not lane.job and not lane.serving:
                 self._rebalance(lane.pool)  # its version lost its last worker
             self._drain_queue(lane)
-            while len(lane.queue) > self.queue_size:
-                newest = self._pop(lane, last=True)
-                newest.move(DONE)
-                newest.sink.on_failure(newest, ServiceUnavailable(
-                    "No worker is free; try again"))
+            self._trim(lane)
+
+    def _trim(self, lane: Lane) -> None:
+        """Keep ``lane``'s queue within its bound after requests were put back in it (a
+        worker lost, a version gone): while it is over, its newest request gets 503."""
+        while len(lane.queue) > self.queue_size:
+            newest = self._pop(lane, last=True)
+            newest.move(DONE)
+            newest.sink.on_failure(newest, ServiceUnavailable("No worker is free; try again"))
 
     def _failed(self, peer: Peer, what: str) -> None:
         """One more consecutive failure of ``peer``; eject it after ``eject_after``.
