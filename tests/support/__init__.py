@@ -129,11 +129,13 @@ class LiveProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        """End the process by its PID; KILL its whole session if it outlives ``timeout``."""
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """End the process by its PID (``sig`` None: it was already signalled); KILL its
+        whole session if it outlives ``timeout``."""
         if self.proc.poll() is None:
             try:
-                os.kill(self.pid, sig)
+                if sig is not None:
+                    os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
             try:
@@ -362,8 +364,15 @@ class Stack:
         return proc, port
 
     def stop_all(self) -> None:
+        """TERM every process still running at once, then wait for each (``stop``)."""
+        for proc in self.procs:
+            if proc.alive():
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for proc in reversed(self.procs):
-            proc.stop(signal.SIGTERM)
+            proc.stop(None)
 
 
 def term_during_request(proc: LiveProcess, port: int, tmp_path: Path) -> Response:

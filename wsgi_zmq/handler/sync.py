@@ -23,6 +23,7 @@ answers several in one message and never waits a round trip to the front for wor
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -61,6 +62,7 @@ class SyncRunner:
         self.timer_armed = False
         self.busy_time = 0.0  # seconds spent serving since the last report
         self.busy_since = 0.0  # when the current serve_queue began counting, 0 when idle
+        self.wake = -1  # read end of the pipe a signal writes to: it ends a poll at once
 
     # -- process setup ------------------------------------------------------------------
 
@@ -71,6 +73,10 @@ class SyncRunner:
     def init_process(self) -> None:
         """Signal handlers; SIGALRM for handing back queued requests, unless the app took it
         or the worker holds one request at a time (then none wait behind another)."""
+        # a poll interrupted by a signal is resumed by pyzmq after the handler ran: without
+        # the wake-up byte, a TERM would act only when the poll times out (the heartbeat)
+        self.wake, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_quit)
         signal.signal(signal.SIGQUIT, self._on_quit)
@@ -111,6 +117,8 @@ class SyncRunner:
             self.by_monitor[front.monitor] = front
             self.poller.register(front.sock, zmq.POLLIN)
             self.poller.register(front.monitor, zmq.POLLIN)
+        if self.wake >= 0:
+            self.poller.register(self.wake, zmq.POLLIN)
         queue = worker.queue
         while worker.turn():
             if not queue:
@@ -129,6 +137,8 @@ class SyncRunner:
             front = self.by_socket.get(sock)
             if front is not None:
                 self.drain(front)
+            elif sock == self.wake:
+                self.read_wake()
             else:
                 self.read_monitor(self.by_monitor[sock])
 
@@ -142,6 +152,14 @@ class SyncRunner:
             except _zmq_Again:
                 return
             handle_frame(front, data)
+
+    def read_wake(self) -> None:
+        """Empty the wake-up pipe (the signal's handler has already run)."""
+        try:
+            while os.read(self.wake, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def read_monitor(self, front: Front) -> None:
         while True:
