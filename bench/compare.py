@@ -51,6 +51,7 @@ from servers import (
     BOOTING_WORKER,
     LISTENING,
     REPO,
+    Baseline,
     BenchError,
     Launcher,
     Server,
@@ -410,28 +411,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.baseline:
         args.names.insert(1 if "wsgi_zmq" in args.names else 0, f"wsgi_zmq@{args.baseline}")
     return args
-
-
-class Baseline:
-    """A temporary ``git worktree`` of one revision, removed on exit."""
-
-    def __init__(self, rev: str) -> None:
-        self.rev = rev
-        self.path = tempfile.mkdtemp(prefix="wsgi_zmq-baseline-")
-
-    def __enter__(self) -> str:
-        result = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", self.path,
-                                 self.rev], capture_output=True, text=True, timeout=120,
-                                check=False)
-        if result.returncode != 0:
-            shutil.rmtree(self.path, ignore_errors=True)
-            raise BenchError(f"git worktree add {self.rev}: {result.stderr.strip()}")
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", self.path],
-                       capture_output=True, timeout=120, check=False)
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def run_rounds(args: argparse.Namespace, mode: str, runs: list[dict[str, Any]]) -> int:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -341,3 +343,25 @@ def start_wsgi_zmq(launcher: Launcher, app: str, workers: int = 1,
                          f"booted {pids}\n{server.tail()}")
     wait_http(url, server, timeout, probe)
     return server, url
+
+
+class Baseline:
+    """A temporary ``git worktree`` of one revision, removed on exit."""
+
+    def __init__(self, rev: str) -> None:
+        self.rev = rev
+        self.path = tempfile.mkdtemp(prefix="wsgi_zmq-baseline-")
+
+    def __enter__(self) -> str:
+        result = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", self.path,
+                                 self.rev], capture_output=True, text=True, timeout=120,
+                                check=False)
+        if result.returncode != 0:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise BenchError(f"git worktree add {self.rev}: {result.stderr.strip()}")
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", self.path],
+                       capture_output=True, timeout=120, check=False)
+        shutil.rmtree(self.path, ignore_errors=True)

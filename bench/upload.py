@@ -5,6 +5,7 @@ Run from anywhere, with the virtualenv's Python::
     .venv/bin/python bench/upload.py                           # 1, 10, 100 MiB, 5 rounds
     .venv/bin/python bench/upload.py --rounds 3 --sizes 1M,10M
     .venv/bin/python bench/upload.py --modes readline --line-length 0 --json out.json
+    .venv/bin/python bench/upload.py --baseline HEAD~1   # and the same as of HEAD~1
 
 Both servers serve ``bench/upload_app.py:app`` on a loopback port, each started once for
 all rounds, with one worker:
@@ -31,6 +32,7 @@ status 1 if a row misses it or a run failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -46,6 +48,7 @@ from memory import parse_size
 from servers import (
     BOOTING_WORKER,
     LISTENING,
+    Baseline,
     BenchError,
     Launcher,
     Server,
@@ -79,10 +82,13 @@ class Target:
     pids: dict[str, int]
 
 
-def start(launcher: Launcher, name: str) -> Target:
-    """Start one server with one worker; return once ``GET /`` answers 200."""
-    if name == "wsgi_zmq":
-        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS, START_SECONDS)
+def start(launcher: Launcher, name: str, baseline_dir: str | None = None) -> Target:
+    """Start one server with one worker; return once ``GET /`` answers 200. A name
+    ``wsgi_zmq@REV`` runs from ``baseline_dir``, a worktree of that revision."""
+    if name.startswith("wsgi_zmq"):
+        source = baseline_dir if "@" in name else None
+        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS, START_SECONDS,
+                                     source=source, name=name)
         return Target(name, server, url, {"worker": server.roles["worker"][0],
                                           "front": server.roles["front"][0]})
     argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0", *SERVER_ARGS,
@@ -197,6 +203,10 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
                 row["time_ratio"] = z["seconds"] / g["seconds"]
                 row["cpu_ratio"] = (z["cpu"]["worker"] / g["cpu"]["worker"]
                                     if g["cpu"]["worker"] else None)
+            base = row.get(f"wsgi_zmq@{args.baseline}") if args.baseline else None
+            if "wsgi_zmq" in row and base is not None:
+                row["base"] = base
+                row["base_ratio"] = row["wsgi_zmq"]["seconds"] / base["seconds"]
             rows.append(row)
     return rows
 
@@ -212,7 +222,8 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"gunicorn. Target: time ratio <= {TARGET}. Body: "
           + (f"lines of {args.line_length} bytes." if args.line_length else "no newlines."))
     header = (f"{'size':>7} {'mode':<12}| {'wsgi_zmq s':>10}{'worker cpu':>11}{'front cpu':>10}"
-              f" | {'gunicorn s':>10}{'worker cpu':>11} | {'time x':>7}{'cpu x':>7} | target")
+              f" | {'gunicorn s':>10}{'worker cpu':>11} | {'time x':>7}{'cpu x':>7} | target"
+              + (f" | {'base s':>8}{'x base':>7}" if args.baseline else ""))
     print()
     print(header)
     print("-" * len(header))
@@ -226,6 +237,10 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ratio = row.get("time_ratio")
         verdict = "-" if ratio is None else "ok" if ratio <= TARGET else "OVER"
         cells.append(f" {fmt(ratio):>7}{fmt(row.get('cpu_ratio')):>7} | {verdict}")
+        if args.baseline:
+            base = row.get("base")
+            cells.append(f" | {fmt(base['seconds'], 3) if base else '-':>8}"
+                         f"{fmt(row.get('base_ratio')):>7}")
         print("".join(cells))
 
 
@@ -243,6 +258,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--line-length", type=int, default=1024,
                         help="bytes per line of the body, newline included; 0 for none "
                              "(default 1024)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run wsgi_zmq as of git revision REV (from a temporary "
+                        "worktree), as server wsgi_zmq@REV; 'x base' = wsgi_zmq / it")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
     try:
@@ -258,12 +276,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{option}: unknown {unknown}; choose from {', '.join(known)}")
     if not args.size_list or args.rounds < 1 or args.line_length < 0:
         parser.error("--sizes must name a size, --rounds be at least 1, --line-length >= 0")
+    if args.baseline:
+        args.names.append(f"wsgi_zmq@{args.baseline}")
     return args
 
 
 def run(launcher: Launcher, args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
     """Start the servers, warm them, run the rounds; append every run to ``runs``."""
-    targets = [start(launcher, name) for name in args.names]
+    targets = [start(launcher, name, args.baseline_dir) for name in args.names]
     warm = make_body(WARMUP_SIZE, args.line_length)
     for target in targets:
         for mode in args.mode_list:
@@ -301,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
           f"rounds; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     runs: list[dict[str, Any]] = []
     status = 0
-    with Launcher() as launcher:
+    with contextlib.ExitStack() as stack:
         try:
+            args.baseline_dir = (stack.enter_context(Baseline(args.baseline))
+                                 if args.baseline else None)
+            launcher = stack.enter_context(Launcher())
             status = run(launcher, args, runs)
         except BenchError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
