@@ -6,6 +6,7 @@ Run from anywhere, with the virtualenv's Python::
     .venv/bin/python bench/upload.py --rounds 3 --sizes 1M,10M
     .venv/bin/python bench/upload.py --modes readline --line-length 0 --json out.json
     .venv/bin/python bench/upload.py --baseline HEAD~1   # and the same as of HEAD~1
+    .venv/bin/python bench/upload.py --zmq-args '--chunk-size 262144'
 
 Both servers serve ``bench/upload_app.py:app`` on a loopback port, each started once for
 all rounds, with one worker:
@@ -82,13 +83,14 @@ class Target:
     pids: dict[str, int]
 
 
-def start(launcher: Launcher, name: str, baseline_dir: str | None = None) -> Target:
+def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
     """Start one server with one worker; return once ``GET /`` answers 200. A name
-    ``wsgi_zmq@REV`` runs from ``baseline_dir``, a worktree of that revision."""
+    ``wsgi_zmq@REV`` runs from ``args.baseline_dir``, a worktree of that revision; every
+    wsgi_zmq gets ``--zmq-args`` too."""
     if name.startswith("wsgi_zmq"):
-        source = baseline_dir if "@" in name else None
-        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS, START_SECONDS,
-                                     source=source, name=name)
+        source = args.baseline_dir if "@" in name else None
+        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS + args.zmq_args.split(),
+                                     START_SECONDS, source=source, name=name)
         return Target(name, server, url, {"worker": server.roles["worker"][0],
                                           "front": server.roles["front"][0]})
     argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0", *SERVER_ARGS,
@@ -261,6 +263,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="REV",
                         help="also run wsgi_zmq as of git revision REV (from a temporary "
                         "worktree), as server wsgi_zmq@REV; 'x base' = wsgi_zmq / it")
+    parser.add_argument("--zmq-args", default="", metavar="ARGS",
+                        help="more options for every wsgi_zmq server, one string, e.g. "
+                        "'--chunk-size 262144'")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
     try:
@@ -283,7 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(launcher: Launcher, args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
     """Start the servers, warm them, run the rounds; append every run to ``runs``."""
-    targets = [start(launcher, name, args.baseline_dir) for name in args.names]
+    targets = [start(launcher, name, args) for name in args.names]
     warm = make_body(WARMUP_SIZE, args.line_length)
     for target in targets:
         for mode in args.mode_list:
