@@ -61,6 +61,7 @@ import errno
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -103,6 +104,33 @@ def tmp_dir() -> str:
     """Where the liveness files and the pool's stats file live: ``/dev/shm`` where there
     is one (no disk is touched), else the temporary directory."""
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+_STATS_NAME = re.compile(r"wsgi_zmq-pool-(\d+)\.json\Z")
+
+
+def remove_stale_stats(directory: str) -> None:
+    """Remove the stats files (``wsgi_zmq-pool-PID.json``) of pool masters that are gone:
+    a master ended by SIGKILL cannot remove its own. A file whose PID lives (or belongs to
+    another user: ``kill`` is refused) is left alone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = _STATS_NAME.match(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+                log.info("Removed %s: its pool master is gone", name)
+            except OSError:
+                pass
+        except (OSError, OverflowError):
+            pass
 
 
 class HaltServer(Exception):
@@ -332,6 +360,7 @@ class Arbiter:
                 self.pidfile = Pidfile(self.cfg.pidfile)
                 self.pidfile.create(self.pid)
             self.bind_control()
+            remove_stale_stats(os.path.dirname(self.stats_path))
             self.write_stats()
             if self.cfg.preload_app:
                 self.app = self.load_app()

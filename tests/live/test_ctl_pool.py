@@ -161,6 +161,27 @@ def test_max_requests_restarts_are_counted(stack, tmp_path):
                .get("max_requests", 0) >= 1, message="max_requests in the stats file")
 
 
+def test_a_new_master_removes_the_stats_files_of_masters_that_are_gone(stack):
+    """1. a stats file named for a PID that has exited (a master ended by SIGKILL leaves
+    its own), and one named for a live process (this test's) 2. a pool starts 3. its
+    master removed the first, with a log line, and left the second 4. the pool serves."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(20)
+    stale, live = stats_file(gone.pid), stats_file(os.getpid())
+    stale.write_text("{}")
+    live.write_text("{}")
+    try:
+        front, port, endpoint = stack.front()
+        pool = stack.handler(APP, endpoint, "--workers", "1")
+        pool.wait_for_log(rf"Removed wsgi_zmq-pool-{gone.pid}\.json: its pool master is gone")
+        assert not stale.exists() and live.exists()
+        front.wait_for_log(CONNECTED)
+        get_ok(port)
+    finally:
+        stale.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
+
+
 def test_timeout_restarts_are_counted(stack, tmp_path):
     """1. a pool of one worker with --timeout 2 2. a request stuck in the app is answered
     504 (the master aborted its worker) 3. status counts one timeout restart, no crash."""
