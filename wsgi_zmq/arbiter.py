@@ -96,6 +96,7 @@ _FAST_STOP_SECONDS = 2.0
 _ABORT_GRACE_SECONDS = 2.0
 _FRONT_START_SECONDS = 30.0
 _READY_BIT = 0o2
+_RECYCLED_BIT = 0o4  # the worker is leaving for max_requests (``restart_reason``)
 #: How a master started by USR2 finds the control socket the old one passes on: "FD:PATH".
 _CONTROL_FD_ENV = "WSGI_ZMQ_CONTROL_FD"
 
@@ -143,9 +144,10 @@ class HaltServer(Exception):
 class WorkerTmp:
     """A worker's liveness file, unlinked at once and shared through the fork.
 
-    The worker changes the file's mode to say it is alive (the change moves its ctime) and
-    sets a bit of the mode once it is connected to every front; the master reads both with
-    one ``fstat``. Kept in ``/dev/shm`` where there is one, so no disk is touched.
+    The worker changes the file's mode to say it is alive (the change moves its ctime),
+    sets a bit of the mode once it is connected to every front and another once it recycles
+    itself (``max_requests``); the master reads them with one ``fstat``. Kept in
+    ``/dev/shm`` where there is one, so no disk is touched.
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -157,10 +159,22 @@ class WorkerTmp:
         self.fd = fd
         self.spinner = 0
         self.ready = False
+        self.recycled = False
 
     def notify(self) -> None:
         self.spinner ^= 1
-        os.fchmod(self.fd, self.spinner | (_READY_BIT if self.ready else 0))
+        os.fchmod(self.fd, self.spinner | (_READY_BIT if self.ready else 0)
+                  | (_RECYCLED_BIT if self.recycled else 0))
+
+    def set_recycled(self) -> None:
+        self.recycled = True
+        self.notify()
+
+    def is_recycled(self) -> bool:
+        try:
+            return bool(os.fstat(self.fd).st_mode & _RECYCLED_BIT)
+        except OSError:
+            return False
 
     def set_ready(self) -> None:
         if not self.ready:
@@ -604,7 +618,9 @@ class Arbiter:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            recycled = False
             if child.tmp is not None:
+                recycled = child.tmp.is_recycled()
                 child.tmp.close()
             code = os.waitstatus_to_exitcode(status)
             if child.kind == "worker":
@@ -623,7 +639,7 @@ class Arbiter:
                 log.warning("%s %d died (%s); replacing it", child.kind.capitalize(), pid,
                             reason)
             else:
-                restart = self.restart_reason(child, code)
+                restart = self.restart_reason(child, code, recycled)
                 if restart is None:
                     log.info("Worker %d exited by itself (%s); replacing it", pid, reason)
                     continue
@@ -635,15 +651,15 @@ class Arbiter:
                     log.warning("Worker %d died (%s, restart: %s); replacing it", pid,
                                 reason, restart)
 
-    def restart_reason(self, child: Child, code: int) -> str | None:
+    def restart_reason(self, child: Child, code: int, recycled: bool) -> str | None:
         """Why a worker the master did not stop exited: ``timeout`` (the master aborted it),
-        ``max_requests`` (exit code 0 with ``max_requests`` set: it recycled itself) or
-        ``crash`` (any other status, or a signal). None for exit code 0 without
-        ``max_requests`` (``reload`` found a changed file): not a restart."""
+        ``max_requests`` (exit code 0 after it marked its liveness file ``recycled``) or
+        ``crash`` (any other status, or a signal). None for any other exit code 0 (``reload``
+        found a changed file): not a restart."""
         if child.aborted:
             return "timeout"
         if code == EXIT_OK:
-            return "max_requests" if self.cfg.max_requests else None
+            return "max_requests" if recycled else None
         return "crash"
 
     def abort_reload(self, reason: str) -> None:

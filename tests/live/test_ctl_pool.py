@@ -182,6 +182,33 @@ def test_a_new_master_removes_the_stats_files_of_masters_that_are_gone(stack):
         live.unlink(missing_ok=True)
 
 
+def test_a_reload_for_a_changed_file_is_no_max_requests_restart(stack, tmp_path):
+    """1. a pool of one worker with --reload and --max-requests 1000 on an app in tmp_path
+    2. the file changes: the worker exits 0 and is replaced 3. status counts no restart of
+    any reason (an exit 0 is max_requests only when the worker recycled itself) 4. the new
+    worker serves the new text."""
+    module = tmp_path / "reloadable_pool_app.py"
+    source = ("def app(environ, start_response):\n"
+              "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+              "    return [b'version {}\\n']\n")
+    module.write_text(source.format(1))
+    front, port, endpoint = stack.front()
+    ctl = tmp_path / "pool.ctl"
+    pool = stack.handler("reloadable_pool_app:app", endpoint, "--workers", "1",
+                         "--pythonpath", str(tmp_path), "--reload", "--max-requests", "1000",
+                         "--control-socket", str(ctl))
+    front.wait_for_log(CONNECTED)
+    assert exchange(port, get("/"))[0][0].body == b"version 1\n"
+    mtime = module.stat().st_mtime
+    module.write_text(source.format(2))
+    os.utime(module, (mtime + 5, mtime + 5))
+    pool.wait_for_log(r"Worker \d+ exited by itself \(exit code 0\); replacing it")
+    poll_until(lambda: exchange(port, get("/"))[0][0].body == b"version 2\n", 15,
+               interval=0.1, message="the new version to be served")
+    status = call(str(ctl), "status")
+    assert status["restarts"] == {"crash": 0, "max_requests": 0, "timeout": 0}
+
+
 def test_timeout_restarts_are_counted(stack, tmp_path):
     """1. a pool of one worker with --timeout 2 2. a request stuck in the app is answered
     504 (the master aborted its worker) 3. status counts one timeout restart, no crash."""

@@ -603,6 +603,8 @@ class Worker:
             log.info("Worker %d served %d requests (max_requests): recycling", self.pid,
                      self.served)
             self.alive = False
+            if self.tmp is not None:
+                self.tmp.set_recycled()  # the master counts it as a max_requests restart
 
     def start_leaving(self) -> None:
         """Hand back the queued requests that can be replayed, and say BYE to each front.
