@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from wsgi_zmq import control
 from wsgi_zmq import log as wlog
@@ -108,29 +108,40 @@ def tmp_dir() -> str:
 
 
 _STATS_NAME = re.compile(r"wsgi_zmq-pool-(\d+)\.json\Z")
+#: A master touches its stats file this often, figures changed or not (``write_stats``) ...
+STATS_TOUCH_SECONDS: Final = 30.0
+#: ... so one untouched for this long, whose PID is gone, belongs to a dead master.
+STATS_STALE_SECONDS: Final = 120.0
 
 
 def remove_stale_stats(directory: str) -> None:
     """Remove the stats files (``wsgi_zmq-pool-PID.json``) of pool masters that are gone:
-    a master ended by SIGKILL cannot remove its own. A file whose PID lives (or belongs to
-    another user: ``kill`` is refused) is left alone."""
+    a master ended by SIGKILL cannot remove its own. Gone means both: no process has the
+    PID here, and the file was not touched for ``STATS_STALE_SECONDS`` (a master in another
+    PID namespace that shares the directory keeps touching its own)."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
+    now = time.time()
     for name in names:
         match = _STATS_NAME.match(name)
         if match is None:
             continue
+        path = os.path.join(directory, name)
         try:
             os.kill(int(match.group(1)), 0)
+            continue  # alive (or another user's: kill is refused)
         except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(directory, name))
-                log.info("Removed %s: its pool master is gone", name)
-            except OSError:
-                pass
+            pass
         except (OSError, OverflowError):
+            continue
+        try:
+            if now - os.stat(path).st_mtime < STATS_STALE_SECONDS:
+                continue
+            os.unlink(path)
+            log.info("Removed %s: its pool master is gone", name)
+        except OSError:
             pass
 
 
@@ -306,6 +317,7 @@ class Arbiter:
         self.reload_requests = 0  # HUPs and ``reload`` commands (``reloads`` is internal)
         self.stats_path = os.path.join(tmp_dir(), f"wsgi_zmq-pool-{self.pid}.json")
         self.stats_written = b""  # what the stats file holds, b"" before the first write
+        self.stats_touched = 0.0  # when it was last written or touched (monotonic)
         self.stats_failed = False
         # the control socket (``control_socket``): the listener this master bound (or was
         # given by the master before it, USR2), its path to remove at exit, and the server
@@ -991,6 +1003,13 @@ class Arbiter:
         then a rename), readable by the workers whatever user they run as."""
         data = json.dumps(self.stats(), separators=(",", ":"), sort_keys=True).encode()
         if data == self.stats_written:
+            now = time.monotonic()
+            if now - self.stats_touched >= STATS_TOUCH_SECONDS:
+                self.stats_touched = now
+                try:
+                    os.utime(self.stats_path)  # alive: see ``remove_stale_stats``
+                except OSError:
+                    pass
             return
         directory, name = os.path.split(self.stats_path)
         temp = None
@@ -1004,6 +1023,7 @@ class Arbiter:
             finally:
                 os.close(fd)
             os.replace(temp, self.stats_path)
+            self.stats_touched = time.monotonic()
         except OSError as exc:
             if temp is not None:
                 try:

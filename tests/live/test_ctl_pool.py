@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +163,32 @@ def test_max_requests_restarts_are_counted(stack, tmp_path):
 
 
 def test_a_new_master_removes_the_stats_files_of_masters_that_are_gone(stack):
-    """1. a stats file named for a PID that has exited (a master ended by SIGKILL leaves
-    its own), and one named for a live process (this test's) 2. a pool starts 3. its
-    master removed the first, with a log line, and left the second 4. the pool serves."""
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait(20)
-    stale, live = stats_file(gone.pid), stats_file(os.getpid())
-    stale.write_text("{}")
-    live.write_text("{}")
+    """1. stats files named for two PIDs that have exited (a master ended by SIGKILL leaves
+    its own), one untouched for an hour, one just touched (it could be a live master's in
+    another PID namespace), and one named for a live process (this test's) 2. a pool starts
+    3. its master removed the first, with a log line, and left the other two 4. the pool
+    serves."""
+    gone = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    for proc in gone:
+        proc.wait(20)
+    stale, fresh, live = (stats_file(gone[0].pid), stats_file(gone[1].pid),
+                          stats_file(os.getpid()))
+    for path in (stale, fresh, live):
+        path.write_text("{}")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(live, (hour_ago, hour_ago))
     try:
         front, port, endpoint = stack.front()
         pool = stack.handler(APP, endpoint, "--workers", "1")
-        pool.wait_for_log(rf"Removed wsgi_zmq-pool-{gone.pid}\.json: its pool master is gone")
-        assert not stale.exists() and live.exists()
+        pool.wait_for_log(rf"Removed wsgi_zmq-pool-{gone[0].pid}\.json: its pool master is "
+                          "gone")
+        assert not stale.exists() and fresh.exists() and live.exists()
         front.wait_for_log(CONNECTED)
         get_ok(port)
     finally:
-        stale.unlink(missing_ok=True)
-        live.unlink(missing_ok=True)
+        for path in (stale, fresh, live):
+            path.unlink(missing_ok=True)
 
 
 def test_a_reload_for_a_changed_file_is_no_max_requests_restart(stack, tmp_path):
