@@ -1,0 +1,188 @@
+"""The floor of an upload that a second process reads: a bare spooling server against
+gunicorn, in one run.
+
+Run with the virtualenv's Python::
+
+    .venv/bin/python bench/upload_floor.py                      # 10 and 100 MiB, 7 rounds
+    .venv/bin/python bench/upload_floor.py --spool-dir /dev/shm --splice
+
+The spooling server is the least any design with a front and a separate worker process can
+do: no HTTP parser beyond finding ``Content-Length``, no ZeroMQ, no flow control. Its front
+process reads the body from the client (``recv_into`` 256 KiB at a time, or ``os.splice``
+through a pipe with ``--splice``) into a file in ``--spool-dir``, then hands the file's path
+to its worker process over a pipe; the worker reads the file whole, counts its lines (as
+``bench/upload_app.py`` does) and hands the answer back. ``gunicorn -w 1`` serves
+``bench/upload_app.py`` (``/read``). The client is ``bench/upload.py``'s: one PUT per
+connection, as fast as it can send.
+
+It prints, per size, the median wall time of each and their ratio. ``bench/upload.py``
+measures wsgi_zmq itself; this one says how far any two-process design can get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+
+from compare import gunicorn_options
+from memory import parse_size
+from servers import BOOTING_WORKER, LISTENING, Launcher, exit_on_signals, wait_http
+from upload import APP, MIB, make_body, put
+
+PIECE = 256 * 1024
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise ValueError("no Content-Length")
+
+
+def _worker(paths: int, answers: int) -> None:
+    """Read each spooled file whole; answer its length and lines. Ends at EOF."""
+    while True:
+        path = os.read(paths, 4096).decode()
+        if not path:
+            os._exit(0)
+        with open(path, "rb") as f:
+            data = f.read()
+        os.write(answers, json.dumps({"length": len(data),
+                                      "lines": data.count(b"\n")}).encode())
+
+
+def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
+           answers: int) -> None:
+    """Accept, spool the body, hand the path to the worker, answer what it says."""
+    path = os.path.join(spool_dir, f"wsgi_zmq-floor-{os.getpid()}")
+    piece = memoryview(bytearray(PIECE))
+    while True:
+        client, _ = listener.accept()
+        with client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = client.recv(65536)
+                if not more:
+                    break
+                data += more
+            head, _, first = data.partition(b"\r\n\r\n")
+            left = _content_length(head) - len(first)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, first)
+                if splice:
+                    pipe_r, pipe_w = os.pipe()
+                    while left > 0:
+                        moved = os.splice(client.fileno(), pipe_w, min(left, 1 << 20))
+                        if not moved:
+                            break
+                        done = 0
+                        while done < moved:
+                            done += os.splice(pipe_r, fd, moved - done)
+                        left -= moved
+                    os.close(pipe_r)
+                    os.close(pipe_w)
+                else:
+                    while left > 0:
+                        got = client.recv_into(piece, min(left, PIECE))
+                        if not got:
+                            break
+                        os.write(fd, piece[:got])
+                        left -= got
+            finally:
+                os.close(fd)
+            os.write(paths, path.encode())
+            body = os.read(answers, 4096)
+            os.unlink(path)
+            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n" % len(body) + body)
+
+
+def start_floor(spool_dir: str, splice: bool) -> tuple[list[int], str]:
+    """Fork the spooling server's front and worker; their PIDs and URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    to_worker_r, to_worker_w = os.pipe()
+    to_front_r, to_front_w = os.pipe()
+    worker = os.fork()
+    if worker == 0:
+        listener.close()
+        os.close(to_worker_w)
+        os.close(to_front_r)
+        try:
+            _worker(to_worker_r, to_front_w)
+        finally:
+            os._exit(0)
+    front = os.fork()
+    if front == 0:
+        os.close(to_worker_r)
+        os.close(to_front_w)
+        try:
+            _front(listener, spool_dir, splice, to_worker_w, to_front_r)
+        finally:
+            os._exit(0)
+    for fd in (to_worker_r, to_worker_w, to_front_r, to_front_w):
+        os.close(fd)
+    listener.close()
+    return [front, worker], url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10M,100M", help="body sizes (default 10M,100M)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds (default 7)")
+    parser.add_argument("--spool-dir", default="/tmp", help="where the body is spooled")
+    parser.add_argument("--splice", action="store_true",
+                        help="move the body with os.splice, no copy through Python")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    if not sizes or args.rounds < 1:
+        parser.error("--sizes must name a size and --rounds be at least 1")
+    exit_on_signals()
+    pids, floor_url = start_floor(args.spool_dir, args.splice)
+    try:
+        with Launcher() as launcher:
+            argv_g = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0",
+                      "--timeout", "120", *gunicorn_options(), APP]
+            gunicorn = launcher.start("gunicorn", argv_g)
+            gunicorn_url = gunicorn.wait_for(LISTENING, 30)[0].group(1)
+            gunicorn.wait_for(BOOTING_WORKER, 30)
+            wait_http(gunicorn_url, gunicorn, 30)
+            how = f"spooled to {args.spool_dir}" + (" with splice" if args.splice else "")
+            print(f"upload floor: {how}; {args.rounds} rounds; {os.cpu_count()} CPUs")
+            for size in sizes:
+                body = make_body(size, 1024)
+                expected = {"length": size, "lines": body.count(b"\n")}
+                times: dict[str, list[float]] = {"floor": [], "gunicorn": []}
+                for round_no in range(args.rounds):
+                    order = [("floor", floor_url), ("gunicorn", gunicorn_url)]
+                    for name, url in order[round_no % 2:] + order[:round_no % 2]:
+                        seconds, answer = put(url, "/read", body, 60 + size / MIB)
+                        if answer != expected:
+                            print(f"{name}: read {answer}, not {expected}", file=sys.stderr)
+                            return 1
+                        times[name].append(seconds)
+                floor, gun = (statistics.median(times[n]) for n in ("floor", "gunicorn"))
+                print(f"{size // MIB:>5} MiB: two-process floor {floor:.3f} s, gunicorn "
+                      f"{gun:.3f} s, ratio {floor / gun:.2f}")
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
