@@ -40,8 +40,14 @@ and again.
 
 Every worker exit the master did not ask for is counted in ``restarts`` by reason:
 ``timeout`` (the master aborted it for being silent past ``timeout``), ``max_requests`` (it
-left by itself, exit code 0, with ``max_requests`` set) or ``crash`` (any other status, or a
-signal). The master keeps its figures (``workers``, ``restarts``) in a JSON file beside the
+recycled itself and said so in its liveness file) or ``crash`` (any other status but exit
+code 0, or a signal).
+
+A reload is a state of the pool: STEADY, or RELOADING while ``retiring`` holds the workers
+a HUP replaces. Each worker's standing in it (``standing``, the one place it is decided)
+is CURRENT, NEW (forked for the reload in progress), RETIRING or STOPPING; ``check()``
+asserts the invariants that tie them together (``WSGI_ZMQ_CHECK=1`` runs it every turn of
+the loop). The master keeps its figures (``workers``, ``restarts``) in a JSON file beside the
 liveness files (``stats_path``), which the workers pass on to their fronts.
 
 With ``control_socket``, a handler pool's master serves it from its select loop
@@ -57,6 +63,7 @@ Hooks from the config (``on_starting``, ``when_ready``, ``pre_fork``, ``post_for
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -263,6 +270,16 @@ class Autoscaler:
         return change
 
 
+#: A worker's standing in a reload (``Arbiter.standing``): serving and not replaced
+#: (CURRENT), forked for the reload in progress (NEW), waiting to be replaced (RETIRING),
+#: told to stop (STOPPING).
+CURRENT: Final = "current"
+NEW: Final = "new"
+RETIRING: Final = "retiring"
+STOPPING: Final = "stopping"
+_CHECK: Final = bool(os.environ.get("WSGI_ZMQ_CHECK"))
+
+
 class Child:
     """A forked child the arbiter watches."""
 
@@ -399,6 +416,8 @@ class Arbiter:
             self.write_stats()
             self.call_hook("when_ready", self)
             while True:
+                if _CHECK:
+                    self.check()
                 sig = self.sig_queue.pop(0) if self.sig_queue else None
                 if sig is None:
                     self.sleep()
@@ -565,11 +584,47 @@ class Arbiter:
             log.warning("Reload: the new workers are not all connected in time; retiring "
                         "the old ones anyway")
         for child in self.retiring:
-            if child.pid in self.children:
+            if self.children.get(child.pid) is child:  # not a new child under a reused pid
                 child.stopping = True
                 self.kill(child.pid, signal.SIGTERM)
         log.info("Reload done: %d old worker(s) retiring", len(self.retiring))
         self.retiring = []
+
+    # -- the reload's states ------------------------------------------------------------
+
+    def standing(self, child: Child) -> str:
+        """``child``'s standing in a reload: CURRENT, NEW, RETIRING or STOPPING."""
+        if child.stopping:
+            return STOPPING
+        if child in self.retiring:
+            return RETIRING
+        if self.retiring and child.reload == self.reloads:
+            return NEW
+        return CURRENT
+
+    def check(self) -> None:
+        """Assert the invariants of the children and the reload; raise ``AssertionError``.
+        Cheap: ``WSGI_ZMQ_CHECK=1`` calls it every turn of the loop."""
+        for pid, child in self.children.items():
+            assert child.pid == pid, f"child {child.pid} filed under {pid}"
+            assert child.kind in ("worker", "front"), f"child {pid} is a {child.kind!r}"
+            assert child.reload <= self.reloads, f"worker {pid} of reload {child.reload}"
+            if child.kind == "worker":
+                assert child.tmp is not None, f"worker {pid} has no liveness file"
+        fronts = [c for c in self.children.values() if c.kind == "front" and not c.stopping]
+        assert len(fronts) <= 1, f"{len(fronts)} fronts"
+        assert self.with_front or not fronts, "a front in a handler pool"
+        standings = collections.Counter(self.standing(c) for c in self.workers())
+        for child in self.retiring:
+            assert child.kind == "worker", f"retiring {child.kind} {child.pid}"
+            assert child.reload < self.reloads, \
+                f"retiring worker {child.pid} is of the current reload {child.reload}"
+        if not self.retiring:
+            assert not standings[NEW], "NEW workers without a reload in progress"
+        if not self.stopping:
+            serving = standings[CURRENT] + standings[NEW]
+            assert serving <= self.num_workers, \
+                f"{serving} workers serve, {self.num_workers} wanted"
 
     # -- children -----------------------------------------------------------------------
 
@@ -627,41 +682,46 @@ class Arbiter:
                 self.reexec_pid = 0
                 log.info("The master started by USR2 (%d) exited", pid)
                 continue
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue
-            recycled = False
-            if child.tmp is not None:
-                recycled = child.tmp.is_recycled()
-                child.tmp.close()
-            code = os.waitstatus_to_exitcode(status)
-            if child.kind == "worker":
-                self.call_hook("child_exit", self, child.worker)
-            if code in (EXIT_CONFIG, EXIT_WORKER_BOOT) and not child.stopping:
-                what = ("application failed to load" if code == EXIT_CONFIG
-                        else "worker failed to boot")
-                if child.reload and child.reload == self.reloads and self.retiring:
-                    self.abort_reload(f"worker {pid}: {what}")
-                    continue
-                raise HaltServer(f"{child.kind} {pid}: {what}", code)
-            reason = f"signal {-code}" if code < 0 else f"exit code {code}"
-            if child.stopping or self.stopping:
-                log.info("%s %d exited (%s)", child.kind.capitalize(), pid, reason)
-            elif child.kind != "worker":
-                log.warning("%s %d died (%s); replacing it", child.kind.capitalize(), pid,
-                            reason)
+            self.child_exited(pid, os.waitstatus_to_exitcode(status))
+
+    def child_exited(self, pid: int, code: int) -> None:
+        """Child ``pid`` exited with ``code`` (``os.waitstatus_to_exitcode``): forget it,
+        count and log why, and stop the pool if it could not boot (``manage_workers``
+        replaces it on the next turn)."""
+        child = self.children.pop(pid, None)
+        if child is None:
+            return
+        recycled = False
+        if child.tmp is not None:
+            recycled = child.tmp.is_recycled()
+            child.tmp.close()
+        if child.kind == "worker":
+            self.call_hook("child_exit", self, child.worker)
+        if code in (EXIT_CONFIG, EXIT_WORKER_BOOT) and not child.stopping:
+            what = ("application failed to load" if code == EXIT_CONFIG
+                    else "worker failed to boot")
+            if child.reload and child.reload == self.reloads and self.retiring:
+                self.abort_reload(f"worker {pid}: {what}")
+                return
+            raise HaltServer(f"{child.kind} {pid}: {what}", code)
+        reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if child.stopping or self.stopping:
+            log.info("%s %d exited (%s)", child.kind.capitalize(), pid, reason)
+        elif child.kind != "worker":
+            log.warning("%s %d died (%s); replacing it", child.kind.capitalize(), pid,
+                        reason)
+        else:
+            restart = self.restart_reason(child, code, recycled)
+            if restart is None:
+                log.info("Worker %d exited by itself (%s); replacing it", pid, reason)
+                return
+            self.restarts[restart] += 1
+            if restart == "max_requests":
+                log.info("Worker %d exited (%s, restart: max_requests); replacing it",
+                         pid, reason)
             else:
-                restart = self.restart_reason(child, code, recycled)
-                if restart is None:
-                    log.info("Worker %d exited by itself (%s); replacing it", pid, reason)
-                    continue
-                self.restarts[restart] += 1
-                if restart == "max_requests":
-                    log.info("Worker %d exited (%s, restart: max_requests); replacing it",
-                             pid, reason)
-                else:
-                    log.warning("Worker %d died (%s, restart: %s); replacing it", pid,
-                                reason, restart)
+                log.warning("Worker %d died (%s, restart: %s); replacing it", pid,
+                            reason, restart)
 
     def restart_reason(self, child: Child, code: int, recycled: bool) -> str | None:
         """Why a worker the master did not stop exited: ``timeout`` (the master aborted it),

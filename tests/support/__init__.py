@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -62,6 +62,10 @@ def logged_pids(proc: LiveProcess, kind: str = "worker") -> list[int]:
 
 
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process a test starts. ``WSGI_ZMQ_CHECK=1`` unless ``extra``
+    sets it to "": every front, master and worker asserts its invariants every turn of its
+    loop (``Dispatcher.check``, ``FrontServer.check``, ``Arbiter.check``, ``Worker.check``),
+    and ``Stack.stop_all`` fails the test if one failed (``invariant_failures``)."""
     env = dict(os.environ)
     paths = [str(ROOT), str(TESTS)]
     if env.get("PYTHONPATH"):
@@ -69,6 +73,7 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("WSGI_ZMQ_CMD_ARGS", None)
+    env.setdefault("WSGI_ZMQ_CHECK", "1")
     if extra:
         env.update(extra)
     return env
@@ -346,11 +351,13 @@ class Stack:
                           **kwargs)
 
     def serve(self, app: str = "apps.echo:router", front_args: tuple[str, ...] = (),
-              handler_args: tuple[str, ...] = (), workers: int = 1
-              ) -> tuple[LiveProcess, LiveProcess, int]:
-        """A front and a handler pool, ready: (front, handler, HTTP port)."""
-        front, port, endpoint = self.front(*front_args)
-        handler = self.handler(app, endpoint, "--workers", str(workers), *handler_args)
+              handler_args: tuple[str, ...] = (), workers: int = 1,
+              env: dict[str, str] | None = None) -> tuple[LiveProcess, LiveProcess, int]:
+        """A front and a handler pool, ready: (front, handler, HTTP port). ``env`` is
+        added to both processes' environment."""
+        front, port, endpoint = self.front(*front_args, env=env)
+        handler = self.handler(app, endpoint, "--workers", str(workers), *handler_args,
+                               env=env)
         front.wait_for_log(r"Worker \d+@\S+ connected", count=workers)
         return front, handler, port
 
@@ -364,7 +371,8 @@ class Stack:
         return proc, port
 
     def stop_all(self) -> None:
-        """TERM every process still running at once, then wait for each (``stop``)."""
+        """TERM every process still running at once, then wait for each (``stop``); then
+        fail if a process logged a broken invariant (``invariant_failures``)."""
         for proc in self.procs:
             if proc.alive():
                 try:
@@ -373,6 +381,29 @@ class Stack:
                     pass
         for proc in reversed(self.procs):
             proc.stop(None)
+        failures = [f"{proc.log_path.name}:\n{excerpt}" for proc in self.procs
+                    for excerpt in invariant_failures(proc.log())]
+        assert not failures, "a process broke an invariant:\n" + "\n".join(failures)
+
+
+#: For a test that measures latency: the processes skip the invariant checks, a debugging
+#: aid whose cost grows with what the front holds (500 connections, a flood of frames).
+UNCHECKED: Final = {"WSGI_ZMQ_CHECK": ""}
+
+#: How a broken invariant shows in a log: ``check()``'s AssertionError, or a refused state
+#: change (``StateError`` of an exchange or a connection, ``PhaseError`` of a worker's
+#: request), at the start of a traceback's last line.
+_BROKEN = re.compile(r"^(?:AssertionError|\S*(?:StateError|PhaseError))\b.*$", re.MULTILINE)
+
+
+def invariant_failures(log: str) -> list[str]:
+    """The lines of ``log`` (and the ten before each) that show a broken invariant."""
+    lines = log.splitlines()
+    found = []
+    for match in _BROKEN.finditer(log):
+        end = log.count("\n", 0, match.start())
+        found.append("\n".join(lines[max(0, end - 10):end + 1]))
+    return found
 
 
 def term_during_request(proc: LiveProcess, port: int, tmp_path: Path) -> Response:
