@@ -25,9 +25,8 @@ def _turns(backend: Backend, expected: int, deadline: float = 10.0) -> list[int]
     until = time.monotonic() + deadline
     while d.malformed.total < start + expected:
         assert time.monotonic() < until, f"counted {d.malformed.total - start} of {expected}"
-        if not d.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            time.sleep(0.001)  # the loopback I/O thread is still queueing them
-            continue
+        if not d.sock.poll(10, zmq.POLLIN):
+            continue  # the loopback I/O thread is still queueing them
         before = d.malformed.total
         d._on_readable()
         taken.append(d.malformed.total - before)
