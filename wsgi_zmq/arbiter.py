@@ -41,14 +41,15 @@ and again.
 Every worker exit the master did not ask for is counted in ``restarts`` by reason:
 ``timeout`` (the master aborted it for being silent past ``timeout``), ``max_requests`` (it
 recycled itself and said so in its liveness file) or ``crash`` (any other status but exit
-code 0, or a signal).
+code 0, or a signal). The master keeps its figures (``workers``, ``restarts``) in a JSON
+file beside the liveness files (``stats_path``), which the workers pass on to their
+fronts.
 
-A reload is a state of the pool: STEADY, or RELOADING while ``retiring`` holds the workers
-a HUP replaces. Each worker's standing in it (``standing``, the one place it is decided)
-is CURRENT, NEW (forked for the reload in progress), RETIRING or STOPPING; ``check()``
-asserts the invariants that tie them together (``WSGI_ZMQ_CHECK=1`` runs it every turn of
-the loop). The master keeps its figures (``workers``, ``restarts``) in a JSON file beside the
-liveness files (``stats_path``), which the workers pass on to their fronts.
+A reload is a state of the pool: steady, or in progress while ``retiring`` holds the
+workers a HUP replaces. Each worker's standing in it (``standing``, the one place it is
+decided) is CURRENT, NEW (forked for the reload in progress), RETIRING or STOPPING;
+``check()`` asserts the invariants that tie them together (``WSGI_ZMQ_CHECK=1`` runs it
+every turn of the loop).
 
 With ``control_socket``, a handler pool's master serves it from its select loop
 (``status``, ``workers N``, ``reload``; see ``wsgi_zmq.control``). All-in-one, the master
