@@ -67,16 +67,15 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
+from support.machines import run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError, ProtocolError
@@ -1074,10 +1073,7 @@ class LanesMachine(RuleBasedStateMachine):
 
 @pytest.mark.timeout(120 + EXAMPLES * STEPS // 100)
 def test_dispatcher_lanes_state_machine() -> None:
-    run_state_machine_as_test(LanesMachine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_machine(LanesMachine, EXAMPLES, STEPS)
 
 
 # -- the main paths, as plain examples -------------------------------------------------------

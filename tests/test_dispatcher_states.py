@@ -53,16 +53,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
+from support.machines import run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError
@@ -1393,10 +1392,7 @@ class DispatcherMachine(RuleBasedStateMachine):
 
 @pytest.mark.timeout(120 + EXAMPLES * STEPS // 200)  # about 1 ms a step, and shrinking
 def test_dispatcher_state_machine() -> None:
-    run_state_machine_as_test(DispatcherMachine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        report_multiple_bugs=False,  # shrink one failure, not one per bug (time)
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_machine(DispatcherMachine, EXAMPLES, STEPS)
 
 
 # -- the main paths, as plain examples -------------------------------------------------------

@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
+from support.machines import run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError
@@ -289,10 +288,7 @@ class VersionsMachine(RuleBasedStateMachine):
 
 @pytest.mark.timeout(300)
 def test_dispatcher_versions_state_machine() -> None:
-    run_state_machine_as_test(VersionsMachine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_machine(VersionsMachine, EXAMPLES, STEPS)
 
 
 # -- regressions: failures the machine found, shrunk, replayed as plain steps ----------------

@@ -26,7 +26,6 @@ import signal
 import time
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -34,9 +33,9 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
+from support.machines import run_machine
 from wsgi_zmq.arbiter import (
     CURRENT,
     EXIT_WORKER_BOOT,
@@ -225,10 +224,7 @@ class ReloadMachine(RuleBasedStateMachine):
 
 @pytest.mark.timeout(300)
 def test_reload_state_machine() -> None:
-    run_state_machine_as_test(ReloadMachine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_machine(ReloadMachine, EXAMPLES, STEPS)
 
 
 def test_a_reused_pid_is_not_retired() -> None:
