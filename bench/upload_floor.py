@@ -5,6 +5,7 @@ Run with the virtualenv's Python::
 
     .venv/bin/python bench/upload_floor.py                      # 10 and 100 MiB, 7 rounds
     .venv/bin/python bench/upload_floor.py --spool-dir /dev/shm --splice
+    .venv/bin/python bench/upload_floor.py --stream     # no file: piece by piece
 
 The spooling server is the least any design with a front and a separate worker process can
 do: no HTTP parser beyond finding ``Content-Length``, no ZeroMQ, no flow control. Its front
@@ -14,6 +15,10 @@ to its worker process over a pipe; the worker reads the file whole, counts its l
 ``bench/upload_app.py`` does) and hands the answer back. ``gunicorn -w 1`` serves
 ``bench/upload_app.py`` (``/read``). The client is ``bench/upload.py``'s: one PUT per
 connection, as fast as it can send.
+
+With ``--stream`` there is no file: the front passes each piece to the worker over a Unix
+socket as it arrives, and the worker joins them (wsgi_zmq's shape, without ZeroMQ, records
+or credit).
 
 It prints, per size, the median wall time of each and their ratio. ``bench/upload.py``
 measures wsgi_zmq itself; this one says how far any two-process design can get.
@@ -45,6 +50,24 @@ def _content_length(head: bytes) -> int:
     raise ValueError("no Content-Length")
 
 
+def _stream_worker(link: socket.socket) -> None:
+    """Read each body as it streams in (a length, then the bytes), join it, answer."""
+    while True:
+        head = link.recv(8, socket.MSG_WAITALL)
+        if len(head) < 8:
+            os._exit(0)
+        left = int.from_bytes(head, "big")
+        pieces = []
+        while left:
+            piece = link.recv(min(left, PIECE))
+            if not piece:
+                os._exit(0)
+            pieces.append(piece)
+            left -= len(piece)
+        data = b"".join(pieces)
+        link.sendall(json.dumps({"length": len(data), "lines": data.count(b"\n")}).encode())
+
+
 def _worker(paths: int, answers: int) -> None:
     """Read each spooled file whole; answer its length and lines. Ends at EOF."""
     while True:
@@ -57,6 +80,42 @@ def _worker(paths: int, answers: int) -> None:
                                       "lines": data.count(b"\n")}).encode())
 
 
+def _read_head(client: socket.socket) -> tuple[int, bytes]:
+    """The body's length and the bytes of it read with the head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = client.recv(65536)
+        if not more:
+            break
+        data += more
+    head, _, first = data.partition(b"\r\n\r\n")
+    return _content_length(head), first
+
+
+def _answer(client: socket.socket, body: bytes) -> None:
+    client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                   b"Connection: close\r\n\r\n" % len(body) + body)
+
+
+def _stream_front(listener: socket.socket, link: socket.socket) -> None:
+    """Accept, pass the body on to the worker piece by piece as it arrives, answer."""
+    piece = memoryview(bytearray(PIECE))
+    while True:
+        client, _ = listener.accept()
+        with client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            length, first = _read_head(client)
+            link.sendall(length.to_bytes(8, "big") + first)
+            left = length - len(first)
+            while left > 0:
+                got = client.recv_into(piece, min(left, PIECE))
+                if not got:
+                    break
+                link.sendall(piece[:got])
+                left -= got
+            _answer(client, link.recv(4096))
+
+
 def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
            answers: int) -> None:
     """Accept, spool the body, hand the path to the worker, answer what it says."""
@@ -66,14 +125,8 @@ def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
         client, _ = listener.accept()
         with client:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = client.recv(65536)
-                if not more:
-                    break
-                data += more
-            head, _, first = data.partition(b"\r\n\r\n")
-            left = _content_length(head) - len(first)
+            length, first = _read_head(client)
+            left = length - len(first)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, first)
@@ -101,16 +154,41 @@ def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
             os.write(paths, path.encode())
             body = os.read(answers, 4096)
             os.unlink(path)
-            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
-                           b"Connection: close\r\n\r\n" % len(body) + body)
+            _answer(client, body)
 
 
-def start_floor(spool_dir: str, splice: bool) -> tuple[list[int], str]:
-    """Fork the spooling server's front and worker; their PIDs and URL."""
+def start_stream(listener: socket.socket) -> list[int]:
+    """Fork the streaming server's front and worker, joined by a Unix socketpair."""
+    front_end, worker_end = socket.socketpair()
+    worker = os.fork()
+    if worker == 0:
+        listener.close()
+        front_end.close()
+        try:
+            _stream_worker(worker_end)
+        finally:
+            os._exit(0)
+    front = os.fork()
+    if front == 0:
+        worker_end.close()
+        try:
+            _stream_front(listener, front_end)
+        finally:
+            os._exit(0)
+    front_end.close()
+    worker_end.close()
+    listener.close()
+    return [front, worker]
+
+
+def start_floor(spool_dir: str, splice: bool, stream: bool) -> tuple[list[int], str]:
+    """Fork the floor server's front and worker; their PIDs and URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    if stream:
+        return start_stream(listener), url
     to_worker_r, to_worker_w = os.pipe()
     to_front_r, to_front_w = os.pipe()
     worker = os.fork()
@@ -143,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool-dir", default="/tmp", help="where the body is spooled")
     parser.add_argument("--splice", action="store_true",
                         help="move the body with os.splice, no copy through Python")
+    parser.add_argument("--stream", action="store_true",
+                        help="no file: the front passes each piece on to the worker over a "
+                        "Unix socket as it arrives, and the worker joins them")
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or args.rounds < 1:
         parser.error("--sizes must name a size and --rounds be at least 1")
     exit_on_signals()
-    pids, floor_url = start_floor(args.spool_dir, args.splice)
+    pids, floor_url = start_floor(args.spool_dir, args.splice, args.stream)
     try:
         with Launcher() as launcher:
             argv_g = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0",
@@ -157,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             gunicorn_url = gunicorn.wait_for(LISTENING, 30)[0].group(1)
             gunicorn.wait_for(BOOTING_WORKER, 30)
             wait_http(gunicorn_url, gunicorn, 30)
-            how = f"spooled to {args.spool_dir}" + (" with splice" if args.splice else "")
+            how = ("streamed over a Unix socket" if args.stream else
+                   f"spooled to {args.spool_dir}" + (" with splice" if args.splice else ""))
             print(f"upload floor: {how}; {args.rounds} rounds; {os.cpu_count()} CPUs")
             for size in sizes:
                 body = make_body(size, 1024)
