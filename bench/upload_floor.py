@@ -33,6 +33,7 @@ import signal
 import socket
 import statistics
 import sys
+from collections.abc import Callable, Iterator
 
 from compare import gunicorn_options
 from memory import parse_size
@@ -92,69 +93,75 @@ def _read_head(client: socket.socket) -> tuple[int, bytes]:
     return _content_length(head), first
 
 
-def _answer(client: socket.socket, body: bytes) -> None:
-    client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
-                   b"Connection: close\r\n\r\n" % len(body) + body)
-
-
-def _stream_front(listener: socket.socket, link: socket.socket) -> None:
-    """Accept, pass the body on to the worker piece by piece as it arrives, answer."""
-    piece = memoryview(bytearray(PIECE))
+def _serve(listener: socket.socket,
+           handle: Callable[[socket.socket, int, bytes], bytes]) -> None:
+    """Accept clients one at a time; ``handle(client, length, first)`` takes the body (its
+    length and the bytes read with the head) and returns the answer's body."""
     while True:
         client, _ = listener.accept()
         with client:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             length, first = _read_head(client)
-            link.sendall(length.to_bytes(8, "big") + first)
-            left = length - len(first)
-            while left > 0:
-                got = client.recv_into(piece, min(left, PIECE))
-                if not got:
-                    break
-                link.sendall(piece[:got])
-                left -= got
-            _answer(client, link.recv(4096))
+            body = handle(client, length, first)
+            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n" % len(body) + body)
+
+
+def _pieces(client: socket.socket, left: int) -> Iterator[memoryview]:
+    """The next ``left`` bytes from ``client``, read into one buffer PIECE at a time."""
+    piece = memoryview(bytearray(PIECE))
+    while left > 0:
+        got = client.recv_into(piece, min(left, PIECE))
+        if not got:
+            return
+        yield piece[:got]
+        left -= got
+
+
+def _stream_front(listener: socket.socket, link: socket.socket) -> None:
+    """Pass each body on to the worker piece by piece as it arrives; answer its reply."""
+    def handle(client: socket.socket, length: int, first: bytes) -> bytes:
+        link.sendall(length.to_bytes(8, "big") + first)
+        for piece in _pieces(client, length - len(first)):
+            link.sendall(piece)
+        return link.recv(4096)
+
+    _serve(listener, handle)
 
 
 def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
            answers: int) -> None:
-    """Accept, spool the body, hand the path to the worker, answer what it says."""
+    """Spool each body to a file, hand the path to the worker, answer what it says."""
     path = os.path.join(spool_dir, f"wsgi_zmq-floor-{os.getpid()}")
-    piece = memoryview(bytearray(PIECE))
-    while True:
-        client, _ = listener.accept()
-        with client:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            length, first = _read_head(client)
-            left = length - len(first)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, first)
-                if splice:
-                    pipe_r, pipe_w = os.pipe()
-                    while left > 0:
-                        moved = os.splice(client.fileno(), pipe_w, min(left, 1 << 20))
-                        if not moved:
-                            break
-                        done = 0
-                        while done < moved:
-                            done += os.splice(pipe_r, fd, moved - done)
-                        left -= moved
-                    os.close(pipe_r)
-                    os.close(pipe_w)
-                else:
-                    while left > 0:
-                        got = client.recv_into(piece, min(left, PIECE))
-                        if not got:
-                            break
-                        os.write(fd, piece[:got])
-                        left -= got
-            finally:
-                os.close(fd)
-            os.write(paths, path.encode())
-            body = os.read(answers, 4096)
-            os.unlink(path)
-            _answer(client, body)
+
+    def handle(client: socket.socket, length: int, first: bytes) -> bytes:
+        left = length - len(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, first)
+            if splice:
+                pipe_r, pipe_w = os.pipe()
+                while left > 0:
+                    moved = os.splice(client.fileno(), pipe_w, min(left, 1 << 20))
+                    if not moved:
+                        break
+                    done = 0
+                    while done < moved:
+                        done += os.splice(pipe_r, fd, moved - done)
+                    left -= moved
+                os.close(pipe_r)
+                os.close(pipe_w)
+            else:
+                for piece in _pieces(client, left):
+                    os.write(fd, piece)
+        finally:
+            os.close(fd)
+        os.write(paths, path.encode())
+        body = os.read(answers, 4096)
+        os.unlink(path)
+        return body
+
+    _serve(listener, handle)
 
 
 def start_stream(listener: socket.socket) -> list[int]:
