@@ -20,8 +20,10 @@ With ``--stream`` there is no file: the front passes each piece to the worker ov
 socket as it arrives, and the worker joins them (wsgi_zmq's shape, without ZeroMQ, records
 or credit).
 
-It prints, per size, the median wall time of each and their ratio. ``bench/upload.py``
-measures wsgi_zmq itself; this one says how far any two-process design can get.
+``python -m wsgi_zmq bench.upload_app:app --workers 1`` runs in the same rounds (not with
+``--no-wsgi-zmq``), so one run says how far any two-process design can get and how near
+wsgi_zmq comes to it. It prints, per size, the median wall time of each and their ratios.
+``bench/upload.py`` has more modes and sizes for wsgi_zmq itself.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from collections.abc import Callable, Iterator
 
 from compare import gunicorn_options
 from memory import parse_size
-from servers import BOOTING_WORKER, LISTENING, Launcher, exit_on_signals, wait_http
+from servers import (
+    BOOTING_WORKER,
+    LISTENING,
+    Launcher,
+    exit_on_signals,
+    start_wsgi_zmq,
+    wait_http,
+)
 from upload import APP, MIB, make_body, put
 
 PIECE = 256 * 1024
@@ -231,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true",
                         help="no file: the front passes each piece on to the worker over a "
                         "Unix socket as it arrives, and the worker joins them")
+    parser.add_argument("--no-wsgi-zmq", action="store_true",
+                        help="only the floor and gunicorn, not wsgi_zmq too")
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or args.rounds < 1:
@@ -245,24 +256,34 @@ def main(argv: list[str] | None = None) -> int:
             gunicorn_url = gunicorn.wait_for(LISTENING, 30)[0].group(1)
             gunicorn.wait_for(BOOTING_WORKER, 30)
             wait_http(gunicorn_url, gunicorn, 30)
+            order = [("floor", floor_url), ("gunicorn", gunicorn_url)]
+            if not args.no_wsgi_zmq:
+                order.append(("wsgi_zmq", start_wsgi_zmq(
+                    launcher, APP, extra=["--timeout", "120"])[1]))
             how = ("streamed over a Unix socket" if args.stream else
                    f"spooled to {args.spool_dir}" + (" with splice" if args.splice else ""))
             print(f"upload floor: {how}; {args.rounds} rounds; {os.cpu_count()} CPUs")
             for size in sizes:
                 body = make_body(size, 1024)
                 expected = {"length": size, "lines": body.count(b"\n")}
-                times: dict[str, list[float]] = {"floor": [], "gunicorn": []}
+                times: dict[str, list[float]] = {name: [] for name, _ in order}
                 for round_no in range(args.rounds):
-                    order = [("floor", floor_url), ("gunicorn", gunicorn_url)]
-                    for name, url in order[round_no % 2:] + order[:round_no % 2]:
+                    turn = round_no % len(order)
+                    for name, url in order[turn:] + order[:turn]:
                         seconds, answer = put(url, "/read", body, 60 + size / MIB)
                         if answer != expected:
                             print(f"{name}: read {answer}, not {expected}", file=sys.stderr)
                             return 1
                         times[name].append(seconds)
-                floor, gun = (statistics.median(times[n]) for n in ("floor", "gunicorn"))
-                print(f"{size // MIB:>5} MiB: two-process floor {floor:.3f} s, gunicorn "
-                      f"{gun:.3f} s, ratio {floor / gun:.2f}")
+                median = {name: statistics.median(runs) for name, runs in times.items()}
+                floor, gun = median["floor"], median["gunicorn"]
+                line = (f"{size // MIB:>5} MiB: two-process floor {floor:.3f} s, gunicorn "
+                        f"{gun:.3f} s, ratio {floor / gun:.2f}")
+                if "wsgi_zmq" in median:
+                    ours = median["wsgi_zmq"]
+                    line += (f"; wsgi_zmq {ours:.3f} s, {ours / gun:.2f}x gunicorn, "
+                             f"{ours / floor:.2f}x the floor")
+                print(line)
     finally:
         for pid in pids:
             try:

@@ -137,6 +137,36 @@ class FileWrapper:
         raise StopIteration
 
 
+class _Gathered:
+    """The bytes one read of ``BodyInput`` collects. One piece is kept as it is (a read the
+    size of a piece copies nothing); from the second on, each is copied once into a
+    ``BytesIO`` and let go, and the result is the ``BytesIO``'s own buffer (``getvalue``
+    does not copy it). So the pieces' memory serves again for the next ones and a
+    whole-body ``read()`` touches fresh memory for its result only: holding every piece
+    and joining them at the end touched twice the body's size of fresh pages and took
+    about 20% more time for 100 MiB (``bench/upload.py --baseline``)."""
+
+    __slots__ = ("one", "buf")
+
+    def __init__(self) -> None:
+        self.one = b""
+        self.buf: io.BytesIO | None = None
+
+    def add(self, data: bytes) -> None:
+        buf = self.buf
+        if buf is None:
+            if not self.one:
+                self.one = data
+                return
+            buf = self.buf = io.BytesIO()
+            buf.write(self.one)
+            self.one = b""
+        buf.write(data)
+
+    def value(self) -> bytes:
+        return self.one if self.buf is None else self.buf.getvalue()
+
+
 class BodyInput:
     """``wsgi.input`` for a body that streams in from the front under credit.
 
@@ -148,8 +178,9 @@ class BodyInput:
 
     Every way of reading costs time linear in what it returns: between calls the buffer is
     the unread tail of the last piece (``rest`` from ``start``), and a call that needs more
-    collects whole pieces and joins them once. ``readline`` searches each byte for b"\\n"
-    at most once.
+    than that gathers pieces in a ``_Gathered``, which copies each one once into a
+    ``BytesIO`` as it arrives and lets it go. ``readline`` searches each byte for b"\\n" at
+    most once.
     """
 
     __slots__ = ("channel", "rest", "start", "eof")
@@ -160,26 +191,40 @@ class BodyInput:
         self.start = 0
         self.eof = False
 
-    def _next_piece(self, parts: list[bytes]) -> bytes:
+    def _gather(self) -> _Gathered:
+        """A ``_Gathered`` holding the unread tail of the last piece, which it takes over."""
+        gathered = _Gathered()
+        rest, start = self.rest, self.start
+        if start < len(rest):
+            gathered.add(rest[start:] if start else rest)
+        self.rest, self.start = b"", 0
+        return gathered
+
+    def _next_piece(self, gathered: _Gathered) -> bytes:
         """The next piece from the channel, ``b""`` at the end of the body. If the channel
-        raises, ``parts`` (what the current call gathered) are buffered again: no byte of
-        the body is lost."""
+        raises, what the current call ``gathered`` is buffered again: no byte of the body
+        is lost."""
         if self.eof:
             return b""
         try:
             data: bytes = self.channel.read_body()
         except BaseException:
-            self.rest, self.start = b"".join(parts), 0
+            self.rest, self.start = gathered.value(), 0
             raise
         if not data:
             self.eof = True
         return data
 
-    def _collect(self, parts: list[bytes], last: bytes, cut: int) -> bytes:
-        """Join ``parts`` and the first ``cut`` bytes of ``last``; keep the rest buffered."""
-        parts.append(last[:cut])
-        self.rest, self.start = (last, cut) if cut < len(last) else (b"", 0)
-        return b"".join(parts)
+    def _collect(self, gathered: _Gathered, last: bytes, cut: int) -> bytes:
+        """What was ``gathered`` and the first ``cut`` bytes of ``last``; keep the rest
+        buffered."""
+        if cut < len(last):
+            gathered.add(last[:cut])
+            self.rest, self.start = last, cut
+        else:
+            gathered.add(last)
+            self.rest, self.start = b"", 0
+        return gathered.value()
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (all that is left if ``size`` is None or negative); fewer
@@ -189,18 +234,17 @@ class BodyInput:
         if 0 <= limit <= len(rest) - start:
             self.start = start + limit
             return rest[start:start + limit]
-        parts = [rest[start:]] if start < len(rest) else []
         have = len(rest) - start
-        self.rest, self.start = b"", 0
+        gathered = self._gather()
         while limit < 0 or have < limit:
-            piece = self._next_piece(parts)
+            piece = self._next_piece(gathered)
             if not piece:
                 break
             have += len(piece)
             if 0 <= limit < have:
-                return self._collect(parts, piece, len(piece) - (have - limit))
-            parts.append(piece)
-        return b"".join(parts)
+                return self._collect(gathered, piece, len(piece) - (have - limit))
+            gathered.add(piece)
+        return gathered.value()
 
     def readline(self, size: int | None = -1) -> bytes:
         """The next line, its b"\\n" included, or at most ``size`` bytes of it; b"" at the
@@ -213,20 +257,19 @@ class BodyInput:
             cut = newline + 1 if newline >= 0 else end
             self.start = cut
             return rest[start:cut]
-        parts = [rest[start:]] if start < len(rest) else []
         have = len(rest) - start
-        self.rest, self.start = b"", 0
+        gathered = self._gather()
         while True:
-            piece = self._next_piece(parts)
+            piece = self._next_piece(gathered)
             if not piece:
-                return b"".join(parts)
+                return gathered.value()
             wanted = len(piece) if limit < 0 else min(len(piece), limit - have)
             newline = piece.find(b"\n", 0, wanted)
             if newline >= 0:
-                return self._collect(parts, piece, newline + 1)
+                return self._collect(gathered, piece, newline + 1)
             if wanted < len(piece) or have + wanted == limit:
-                return self._collect(parts, piece, wanted)
-            parts.append(piece)
+                return self._collect(gathered, piece, wanted)
+            gathered.add(piece)
             have += len(piece)
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
