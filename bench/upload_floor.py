@@ -29,7 +29,9 @@ wsgi_zmq comes to it. It prints, per size, the median wall time of each and thei
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import mmap
 import os
 import signal
 import socket
@@ -50,6 +52,7 @@ from servers import (
 from upload import APP, MIB, make_body, put
 
 PIECE = 256 * 1024
+SLOTS = 8  # of the shared ring (--shm): 2 MiB
 
 
 def _content_length(head: bytes) -> int:
@@ -67,15 +70,79 @@ def _stream_worker(link: socket.socket) -> None:
         if len(head) < 8:
             os._exit(0)
         left = int.from_bytes(head, "big")
-        pieces = []
+        gathered = io.BytesIO()
         while left:
             piece = link.recv(min(left, PIECE))
             if not piece:
                 os._exit(0)
-            pieces.append(piece)
+            gathered.write(piece)
             left -= len(piece)
-        data = b"".join(pieces)
+        data = gathered.getvalue()
         link.sendall(json.dumps({"length": len(data), "lines": data.count(b"\n")}).encode())
+
+
+def _exactly(link: socket.socket, size: int) -> bytes:
+    data = link.recv(size, socket.MSG_WAITALL)
+    if len(data) < size:
+        os._exit(0)
+    return data
+
+
+def _shm_worker(link: socket.socket, ring: mmap.mmap) -> None:
+    """Copy each body out of the shared ring, slot by slot as the front announces them
+    (one byte of slot, four of length), freeing each slot at once; answer."""
+    while True:
+        left = int.from_bytes(_exactly(link, 8), "big")
+        gathered = io.BytesIO()
+        view = memoryview(ring)
+        while left:
+            slot, got = divmod(int.from_bytes(_exactly(link, 5), "big"), 1 << 32)
+            start = slot * PIECE
+            gathered.write(view[start:start + got])
+            link.sendall(b"A")
+            left -= got
+        data = gathered.getvalue()
+        answer = json.dumps({"length": len(data), "lines": data.count(b"\n")}).encode()
+        link.sendall(b"R" + len(answer).to_bytes(4, "big") + answer)
+
+
+def _shm_front(listener: socket.socket, link: socket.socket, ring: mmap.mmap) -> None:
+    """Read each body straight into the shared ring's free slots (the only copy out of
+    the kernel) and announce each slot to the worker; answer its reply."""
+    view = memoryview(ring)
+
+    def next_message() -> bytes:
+        kind = _exactly(link, 1)
+        if kind == b"A":
+            return b""
+        return _exactly(link, int.from_bytes(_exactly(link, 4), "big"))
+
+    def handle(client: socket.socket, length: int, first: bytes) -> bytes:
+        link.sendall(length.to_bytes(8, "big"))
+        free, slot, left = SLOTS, 0, length
+        while left:
+            if not free:
+                next_message()
+                free += 1
+            start = slot * PIECE
+            if first:
+                got = len(first)
+                view[start:start + got] = first
+                first = b""
+            else:
+                got = client.recv_into(view[start:start + PIECE], min(left, PIECE))
+                if not got:
+                    os._exit(0)
+            link.sendall((slot << 32 | got).to_bytes(5, "big"))
+            free -= 1
+            slot = (slot + 1) % SLOTS
+            left -= got
+        while True:
+            answer = next_message()
+            if answer:
+                return answer
+
+    _serve(listener, handle)
 
 
 def _worker(paths: int, answers: int) -> None:
@@ -173,22 +240,30 @@ def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
     _serve(listener, handle)
 
 
-def start_stream(listener: socket.socket) -> list[int]:
-    """Fork the streaming server's front and worker, joined by a Unix socketpair."""
+def start_stream(listener: socket.socket, shm: bool) -> list[int]:
+    """Fork the streaming server's front and worker, joined by a Unix socketpair (and, with
+    ``shm``, a shared ring of ``SLOTS`` pieces that carries the bytes)."""
     front_end, worker_end = socket.socketpair()
+    ring = mmap.mmap(-1, SLOTS * PIECE) if shm else None
     worker = os.fork()
     if worker == 0:
         listener.close()
         front_end.close()
         try:
-            _stream_worker(worker_end)
+            if ring is not None:
+                _shm_worker(worker_end, ring)
+            else:
+                _stream_worker(worker_end)
         finally:
             os._exit(0)
     front = os.fork()
     if front == 0:
         worker_end.close()
         try:
-            _stream_front(listener, front_end)
+            if ring is not None:
+                _shm_front(listener, front_end, ring)
+            else:
+                _stream_front(listener, front_end)
         finally:
             os._exit(0)
     front_end.close()
@@ -197,14 +272,15 @@ def start_stream(listener: socket.socket) -> list[int]:
     return [front, worker]
 
 
-def start_floor(spool_dir: str, splice: bool, stream: bool) -> tuple[list[int], str]:
+def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool
+                ) -> tuple[list[int], str]:
     """Fork the floor server's front and worker; their PIDs and URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    if stream:
-        return start_stream(listener), url
+    if stream or shm:
+        return start_stream(listener, shm), url
     to_worker_r, to_worker_w = os.pipe()
     to_front_r, to_front_w = os.pipe()
     worker = os.fork()
@@ -240,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true",
                         help="no file: the front passes each piece on to the worker over a "
                         "Unix socket as it arrives, and the worker joins them")
+    parser.add_argument("--shm", action="store_true",
+                        help="no file: the front reads each piece into a ring of shared "
+                        "memory and the worker copies it out")
     parser.add_argument("--no-wsgi-zmq", action="store_true",
                         help="only the floor and gunicorn, not wsgi_zmq too")
     args = parser.parse_args(argv)
@@ -247,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sizes or args.rounds < 1:
         parser.error("--sizes must name a size and --rounds be at least 1")
     exit_on_signals()
-    pids, floor_url = start_floor(args.spool_dir, args.splice, args.stream)
+    pids, floor_url = start_floor(args.spool_dir, args.splice, args.stream, args.shm)
     try:
         with Launcher() as launcher:
             argv_g = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0",
@@ -260,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_wsgi_zmq:
                 order.append(("wsgi_zmq", start_wsgi_zmq(
                     launcher, APP, extra=["--timeout", "120"])[1]))
-            how = ("streamed over a Unix socket" if args.stream else
+            how = ("through a shared ring" if args.shm else
+                   "streamed over a Unix socket" if args.stream else
                    f"spooled to {args.spool_dir}" + (" with splice" if args.splice else ""))
             print(f"upload floor: {how}; {args.rounds} rounds; {os.cpu_count()} CPUs")
             for size in sizes:
