@@ -7,6 +7,7 @@ Run from anywhere, with the virtualenv's Python::
     .venv/bin/python bench/upload.py --modes readline --line-length 0 --json out.json
     .venv/bin/python bench/upload.py --baseline HEAD~1   # and the same as of HEAD~1
     .venv/bin/python bench/upload.py --zmq-args '--chunk-size 262144'
+    .venv/bin/python bench/upload.py --baseline HEAD --zmq-args '--window 32' --base-args ''
 
 Both servers serve ``bench/upload_app.py:app`` on a loopback port, each started once for
 all rounds, with one worker:
@@ -85,11 +86,13 @@ class Target:
 
 def start(launcher: Launcher, name: str, args: argparse.Namespace) -> Target:
     """Start one server with one worker; return once ``GET /`` answers 200. A name
-    ``wsgi_zmq@REV`` runs from ``args.baseline_dir``, a worktree of that revision; every
-    wsgi_zmq gets ``--zmq-args`` too."""
+    ``wsgi_zmq@REV`` runs from ``args.baseline_dir``, a worktree of that revision, with
+    ``--base-args`` if given; every other wsgi_zmq gets ``--zmq-args``."""
     if name.startswith("wsgi_zmq"):
-        source = args.baseline_dir if "@" in name else None
-        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS + args.zmq_args.split(),
+        base = "@" in name
+        source = args.baseline_dir if base else None
+        extra = args.base_args if base and args.base_args is not None else args.zmq_args
+        server, url = start_wsgi_zmq(launcher, APP, 1, SERVER_ARGS + extra.split(),
                                      START_SECONDS, source=source, name=name)
         return Target(name, server, url, {"worker": server.roles["worker"][0],
                                           "front": server.roles["front"][0]})
@@ -266,6 +269,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--zmq-args", default="", metavar="ARGS",
                         help="more options for every wsgi_zmq server, one string, e.g. "
                         "'--chunk-size 262144'")
+    parser.add_argument("--base-args", metavar="ARGS",
+                        help="options for the --baseline server instead of --zmq-args: "
+                        "'--baseline HEAD --zmq-args \"--window 32\" --base-args \"\"' "
+                        "measures a setting against the default on one build")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
     try:

@@ -205,6 +205,39 @@ def _stream_front(listener: socket.socket, link: socket.socket) -> None:
     _serve(listener, handle)
 
 
+def _zmq_worker(endpoint: str) -> None:
+    """``_stream_worker`` over a ZeroMQ PAIR: a length, then a message a piece."""
+    import zmq
+    link = zmq.Context().socket(zmq.PAIR)
+    link.bind(endpoint)
+    while True:
+        left = int.from_bytes(link.recv(), "big")
+        gathered = io.BytesIO()
+        while left:
+            piece = link.recv()
+            gathered.write(piece)
+            left -= len(piece)
+        data = gathered.getvalue()
+        link.send(json.dumps({"length": len(data), "lines": data.count(b"\n")}).encode())
+
+
+def _zmq_front(listener: socket.socket, endpoint: str) -> None:
+    """``_stream_front`` over a ZeroMQ PAIR (no flow control: ZeroMQ queues)."""
+    import zmq
+    link = zmq.Context().socket(zmq.PAIR)
+    link.connect(endpoint)
+
+    def handle(client: socket.socket, length: int, first: bytes) -> bytes:
+        link.send(length.to_bytes(8, "big"))
+        if first:
+            link.send(first)
+        for piece in _pieces(client, length - len(first)):
+            link.send(piece)
+        return link.recv()
+
+    _serve(listener, handle)
+
+
 def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
            answers: int) -> None:
     """Spool each body to a file, hand the path to the worker, answer what it says."""
@@ -240,9 +273,14 @@ def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
     _serve(listener, handle)
 
 
-def start_stream(listener: socket.socket, shm: bool) -> list[int]:
+def start_stream(listener: socket.socket, shm: bool, zmq_port: int = 0) -> list[int]:
     """Fork the streaming server's front and worker, joined by a Unix socketpair (and, with
-    ``shm``, a shared ring of ``SLOTS`` pieces that carries the bytes)."""
+    ``shm``, a shared ring of ``SLOTS`` pieces that carries the bytes), or with
+    ``zmq_port`` by a ZeroMQ PAIR on that loopback port."""
+    if zmq_port:
+        endpoint = f"tcp://127.0.0.1:{zmq_port}"
+        return [_fork(lambda: _zmq_worker(endpoint), listener),
+                _fork(lambda: _zmq_front(listener, endpoint))]
     front_end, worker_end = socket.socketpair()
     ring = mmap.mmap(-1, SLOTS * PIECE) if shm else None
     worker = os.fork()
@@ -272,15 +310,36 @@ def start_stream(listener: socket.socket, shm: bool) -> list[int]:
     return [front, worker]
 
 
-def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool
+def _fork(run: Callable[[], None], close: socket.socket | None = None) -> int:
+    """Run ``run`` in a child (closing ``close`` there first); its PID."""
+    pid = os.fork()
+    if pid == 0:
+        if close is not None:
+            close.close()
+        try:
+            run()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool, zmq: bool = False
                 ) -> tuple[list[int], str]:
     """Fork the floor server's front and worker; their PIDs and URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    if stream or shm:
-        return start_stream(listener, shm), url
+    if stream or shm or zmq:
+        pids = start_stream(listener, shm, _free_port() if zmq else 0)
+        listener.close()
+        return pids, url
     to_worker_r, to_worker_w = os.pipe()
     to_front_r, to_front_w = os.pipe()
     worker = os.fork()
@@ -319,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shm", action="store_true",
                         help="no file: the front reads each piece into a ring of shared "
                         "memory and the worker copies it out")
+    parser.add_argument("--zmq", action="store_true",
+                        help="as --stream, over a ZeroMQ PAIR on a loopback TCP port")
     parser.add_argument("--no-wsgi-zmq", action="store_true",
                         help="only the floor and gunicorn, not wsgi_zmq too")
     args = parser.parse_args(argv)
@@ -326,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     if not sizes or args.rounds < 1:
         parser.error("--sizes must name a size and --rounds be at least 1")
     exit_on_signals()
-    pids, floor_url = start_floor(args.spool_dir, args.splice, args.stream, args.shm)
+    pids, floor_url = start_floor(args.spool_dir, args.splice, args.stream, args.shm,
+                                   args.zmq)
     try:
         with Launcher() as launcher:
             argv_g = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:0",
@@ -340,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 order.append(("wsgi_zmq", start_wsgi_zmq(
                     launcher, APP, extra=["--timeout", "120"])[1]))
             how = ("through a shared ring" if args.shm else
+                   "streamed over ZeroMQ" if args.zmq else
                    "streamed over a Unix socket" if args.stream else
                    f"spooled to {args.spool_dir}" + (" with splice" if args.splice else ""))
             print(f"upload floor: {how}; {args.rounds} rounds; {os.cpu_count()} CPUs")
