@@ -1,24 +1,32 @@
-"""The floor of an upload that a second process reads: a bare spooling server against
-gunicorn, in one run.
+"""The floor of an upload that a second process reads: a bare two-process server against
+gunicorn and wsgi_zmq, in one run.
 
 Run with the virtualenv's Python::
 
     .venv/bin/python bench/upload_floor.py                      # 10 and 100 MiB, 7 rounds
     .venv/bin/python bench/upload_floor.py --spool-dir /dev/shm --splice
     .venv/bin/python bench/upload_floor.py --stream     # no file: piece by piece
+    .venv/bin/python bench/upload_floor.py --zmq --sizes 1M,10M,100M
 
-The spooling server is the least any design with a front and a separate worker process can
-do: no HTTP parser beyond finding ``Content-Length``, no ZeroMQ, no flow control. Its front
-process reads the body from the client (``recv_into`` 256 KiB at a time, or ``os.splice``
+A floor server does the least a design with a front and a separate worker process can:
+no HTTP parser beyond finding ``Content-Length``, no flow control. By default it spools:
+its front process reads the body from the client (``recv_into`` 256 KiB at a time, or ``os.splice``
 through a pipe with ``--splice``) into a file in ``--spool-dir``, then hands the file's path
 to its worker process over a pipe; the worker reads the file whole, counts its lines (as
 ``bench/upload_app.py`` does) and hands the answer back. ``gunicorn -w 1`` serves
 ``bench/upload_app.py`` (``/read``). The client is ``bench/upload.py``'s: one PUT per
 connection, as fast as it can send.
 
-With ``--stream`` there is no file: the front passes each piece to the worker over a Unix
-socket as it arrives, and the worker joins them (wsgi_zmq's shape, without ZeroMQ, records
-or credit).
+The streaming shapes have no file; the front passes the body on piece by piece as it
+arrives, and the worker copies each piece into one ``BytesIO`` (as wsgi_zmq's
+``wsgi.input`` does):
+
+- ``--stream``: over a Unix socketpair (wsgi_zmq's shape, without ZeroMQ, records or
+  credit);
+- ``--zmq``: over a ZeroMQ PAIR on a loopback TCP port (no flow control: ZeroMQ queues);
+- ``--shm``: the front reads each piece straight into a free slot of a ring of shared
+  memory (``SLOTS`` pieces) and announces it over the socketpair; the worker copies it
+  out and frees the slot.
 
 ``python -m wsgi_zmq bench.upload_app:app --workers 1`` runs in the same rounds (not with
 ``--no-wsgi-zmq``), so one run says how far any two-process design can get and how near
@@ -273,49 +281,16 @@ def _front(listener: socket.socket, spool_dir: str, splice: bool, paths: int,
     _serve(listener, handle)
 
 
-def start_stream(listener: socket.socket, shm: bool, zmq_port: int = 0) -> list[int]:
-    """Fork the streaming server's front and worker, joined by a Unix socketpair (and, with
-    ``shm``, a shared ring of ``SLOTS`` pieces that carries the bytes), or with
-    ``zmq_port`` by a ZeroMQ PAIR on that loopback port."""
-    if zmq_port:
-        endpoint = f"tcp://127.0.0.1:{zmq_port}"
-        return [_fork(lambda: _zmq_worker(endpoint), listener),
-                _fork(lambda: _zmq_front(listener, endpoint))]
-    front_end, worker_end = socket.socketpair()
-    ring = mmap.mmap(-1, SLOTS * PIECE) if shm else None
-    worker = os.fork()
-    if worker == 0:
-        listener.close()
-        front_end.close()
-        try:
-            if ring is not None:
-                _shm_worker(worker_end, ring)
-            else:
-                _stream_worker(worker_end)
-        finally:
-            os._exit(0)
-    front = os.fork()
-    if front == 0:
-        worker_end.close()
-        try:
-            if ring is not None:
-                _shm_front(listener, front_end, ring)
-            else:
-                _stream_front(listener, front_end)
-        finally:
-            os._exit(0)
-    front_end.close()
-    worker_end.close()
-    listener.close()
-    return [front, worker]
-
-
-def _fork(run: Callable[[], None], close: socket.socket | None = None) -> int:
-    """Run ``run`` in a child (closing ``close`` there first); its PID."""
+def _fork(run: Callable[[], None], *unused: socket.socket | int) -> int:
+    """Run ``run`` in a child that first closes the ``unused`` sockets and descriptors
+    (the other side's ends); its PID."""
     pid = os.fork()
     if pid == 0:
-        if close is not None:
-            close.close()
+        for end in unused:
+            if isinstance(end, int):
+                os.close(end)
+            else:
+                end.close()
         try:
             run()
         finally:
@@ -329,7 +304,28 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool, zmq: bool = False
+def start_stream(listener: socket.socket, shm: bool, zmq: bool) -> list[int]:
+    """Fork the streaming server's front and worker, joined by a Unix socketpair (and, with
+    ``shm``, a shared ring of ``SLOTS`` pieces that carries the bytes), or with ``zmq`` by
+    a ZeroMQ PAIR on a loopback port."""
+    if zmq:
+        endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        return [_fork(lambda: _zmq_front(listener, endpoint)),
+                _fork(lambda: _zmq_worker(endpoint), listener)]
+    front_end, worker_end = socket.socketpair()
+    if shm:
+        ring = mmap.mmap(-1, SLOTS * PIECE)
+        pids = [_fork(lambda: _shm_front(listener, front_end, ring), worker_end),
+                _fork(lambda: _shm_worker(worker_end, ring), listener, front_end)]
+    else:
+        pids = [_fork(lambda: _stream_front(listener, front_end), worker_end),
+                _fork(lambda: _stream_worker(worker_end), listener, front_end)]
+    front_end.close()
+    worker_end.close()
+    return pids
+
+
+def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool, zmq: bool
                 ) -> tuple[list[int], str]:
     """Fork the floor server's front and worker; their PIDs and URL."""
     listener = socket.socket()
@@ -337,32 +333,18 @@ def start_floor(spool_dir: str, splice: bool, stream: bool, shm: bool, zmq: bool
     listener.listen(16)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     if stream or shm or zmq:
-        pids = start_stream(listener, shm, _free_port() if zmq else 0)
-        listener.close()
-        return pids, url
-    to_worker_r, to_worker_w = os.pipe()
-    to_front_r, to_front_w = os.pipe()
-    worker = os.fork()
-    if worker == 0:
-        listener.close()
-        os.close(to_worker_w)
-        os.close(to_front_r)
-        try:
-            _worker(to_worker_r, to_front_w)
-        finally:
-            os._exit(0)
-    front = os.fork()
-    if front == 0:
-        os.close(to_worker_r)
-        os.close(to_front_w)
-        try:
-            _front(listener, spool_dir, splice, to_worker_w, to_front_r)
-        finally:
-            os._exit(0)
-    for fd in (to_worker_r, to_worker_w, to_front_r, to_front_w):
-        os.close(fd)
+        pids = start_stream(listener, shm, zmq)
+    else:
+        to_worker_r, to_worker_w = os.pipe()
+        to_front_r, to_front_w = os.pipe()
+        pids = [_fork(lambda: _front(listener, spool_dir, splice, to_worker_w, to_front_r),
+                      to_worker_r, to_front_w),
+                _fork(lambda: _worker(to_worker_r, to_front_w), listener, to_worker_w,
+                      to_front_r)]
+        for fd in (to_worker_r, to_worker_w, to_front_r, to_front_w):
+            os.close(fd)
     listener.close()
-    return [front, worker], url
+    return pids, url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="move the body with os.splice, no copy through Python")
     parser.add_argument("--stream", action="store_true",
                         help="no file: the front passes each piece on to the worker over a "
-                        "Unix socket as it arrives, and the worker joins them")
+                        "Unix socket as it arrives, and the worker gathers them")
     parser.add_argument("--shm", action="store_true",
                         help="no file: the front reads each piece into a ring of shared "
                         "memory and the worker copies it out")
