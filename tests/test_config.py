@@ -506,6 +506,7 @@ FREE = ("--bind", "127.0.0.1:0", "--backend", "tcp://127.0.0.1:*")
     ("handler", ("--connect", "tcp://127.0.0.1:*", "apps.echo:router"), "connect"),
     ("handler", ("--capacity", "0", "apps.echo:router"), "capacity"),
     ("all", ("--window", "0", "apps.echo:router", *FREE), "window"),
+    ("handler", ("--window", "1025", "apps.echo:router"), "window"),
     ("all", ("--log-level", "loud", "apps.echo:router", *FREE), "loglevel"),
     ("all", ("-w", "-3", "apps.echo:router", *FREE), "workers"),
 ])

@@ -85,6 +85,8 @@ HB = 100.0  # heartbeat: ZMTP heartbeats every 100 s of real time never fire in 
 QUEUE_SIZE = 3
 STALL = 0.05  # more than STALL_SECONDS: a busy worker in order is stalled after it
 WINDOW = 8
+#: what one CREDIT of a scripted worker grants: three of them pass the window
+GRANT = 3
 
 EXAMPLES = int(os.environ.get("WSGI_ZMQ_STATEFUL_EXAMPLES", "100"))
 STEPS = int(os.environ.get("WSGI_ZMQ_STATEFUL_STEPS", "50"))
@@ -92,7 +94,8 @@ STEPS = int(os.environ.get("WSGI_ZMQ_STATEFUL_STEPS", "50"))
 #: What a worker may send for a request it holds, literally: whether it is malformed
 #: depends on the state (CHUNK before a head, a second head, REJECT of a started response).
 HOWS = ("full", "head", "chunk", "end", "abort", "error500", "error502", "error400",
-        "reject", "credit", "bad_error", "body_kind", "heartbeat", "bad_version", "truncated")
+        "reject", "credit", "overcredit", "bad_error", "body_kind", "heartbeat", "bad_version",
+        "truncated")
 #: Records that end an exchange, as the worker sees it (it forgets the request once sent).
 FINAL_HOWS = frozenset({"full", "end", "abort", "error500", "error502", "error400",
                         "reject", "bad_error"})
@@ -1105,7 +1108,9 @@ class DispatcherMachine(RuleBasedStateMachine):
         elif how == "reject":
             record = p.encode_signal(p.REJECT, rid)
         elif how == "credit":
-            record = p.encode_credit(rid, 2)
+            record = p.encode_credit(rid, GRANT)
+        elif how == "overcredit":  # more than the window it announced
+            record = p.encode_credit(rid, 2 * WINDOW)
         elif how == "bad_error":
             record = p.RECORD_HEAD.pack(p.ERROR, rid, 2) + p.U16.pack(999)
         elif how == "body_kind":
@@ -1124,8 +1129,8 @@ class DispatcherMachine(RuleBasedStateMachine):
             del peer.belief[rid]
         elif how == "head":
             held.started = True
-        elif how == "credit":
-            held.granted += 2
+        elif how in ("credit", "overcredit"):
+            held.granted += GRANT if how == "credit" else 2 * WINDOW
         # the dispatcher's view
         slot = peer.slot(rid)
         if slot is None or not peer.known:
@@ -1172,11 +1177,14 @@ class DispatcherMachine(RuleBasedStateMachine):
                 self.release(peer, slot, progressed=False)
                 e.handbacks += 1
                 self.retry(e)  # the wait that began at submit goes on
-        elif how == "credit":
-            e.credit += 2
+        elif how in ("credit", "overcredit"):
+            count = GRANT if how == "credit" else 2 * WINDOW
+            if e.credit + count > WINDOW:  # past the window the worker announced: cut back
+                self.backend.expect_malformed()
+            e.credit = min(e.credit + count, WINDOW)
             e.credited = True
             e.deadline = self.now + RT
-            self.expect(e, ("credit", 2))
+            self.expect(e, ("credit", count))
         elif how == "bad_error":
             self.abandon(peer, slot, final=True)
         elif how in ("body_kind", "heartbeat"):

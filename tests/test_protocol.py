@@ -186,7 +186,7 @@ def test_signal_rid_defaults_to_zero() -> None:
 @pytest.mark.parametrize("capacity, window, pid, host", [
     (1, 1, 0, ""),
     (8, 8, 4242, "worker-1.example"),
-    (2**32 - 1, 65535, 2**32 - 1, "h\xf4te-\u65e5\u672c"),  # utf-8, not latin-1
+    (2**32 - 1, p.MAX_WINDOW, 2**32 - 1, "h\xf4te-\u65e5\u672c"),  # utf-8, not latin-1
 ])
 def test_ready_round_trip(capacity: int, window: int, pid: int, host: str) -> None:
     record = one(p.encode_ready(capacity, window, pid, host))
@@ -402,6 +402,15 @@ def test_ready_with_zero_capacity_or_window_is_refused(capacity: int, window: in
     record = one(p.encode_ready(capacity, window, 1, "h"))
     with pytest.raises(ProtocolError, match="capacity or window 0"):
         p.decode_ready(record.payload)
+
+
+@pytest.mark.parametrize("window", [p.MAX_WINDOW + 1, 65535])
+def test_ready_with_a_window_past_the_most_is_refused(window: int) -> None:
+    """A window bounds what a worker can make the front buffer of a body: past MAX_WINDOW
+    the READY is refused."""
+    payload = one(p.encode_ready(1, window, 1, "h")).payload
+    with pytest.raises(ProtocolError, match=f"window of {window}, over {p.MAX_WINDOW}"):
+        p.decode_ready(payload)
 
 
 @pytest.mark.parametrize("status", [0, 99, 600, 65535])

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, NamedTuple
 
+from wsgi_zmq import protocol
 from wsgi_zmq.errors import ConfigError
 
 #: The entry points. "all" is ``python -m wsgi_zmq`` (front and handler pool together).
@@ -78,6 +79,13 @@ def validate_pos_int(value: Any) -> int:
     number = _int(value)
     if number < 1:
         raise ValueError("expected an integer of at least 1")
+    return number
+
+
+def validate_window(value: Any) -> int:
+    number = validate_pos_int(value)
+    if number > protocol.MAX_WINDOW:
+        raise ValueError(f"expected at most {protocol.MAX_WINDOW} chunks")
     return number
 
 
@@ -1613,12 +1621,15 @@ class Window(Setting):
     roles = EVERY
     cli = ("--window",)
     meta = "CHUNKS"
-    validator = staticmethod(validate_pos_int)
+    validator = staticmethod(validate_window)
     default = 8
-    desc = """How many body chunks may travel to a receiver before it acknowledges one.
+    desc = """How many body chunks may travel to a receiver before it acknowledges one (1 to
+    1024).
 
     The receiver sets it: the front for response chunks, a worker for request-body chunks.
-    With ``chunk_size`` it bounds the memory one streamed body costs each side.
+    With ``chunk_size`` it bounds the memory one streamed body costs each side. A worker's
+    credit past the window it announced is cut back to it (and logged), so no worker can
+    make the front hold more of a request body than that.
     """
 
 

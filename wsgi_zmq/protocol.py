@@ -152,6 +152,10 @@ DEFAULT_WEIGHT: Final = 100
 MAX_WEIGHT: Final = 1_000_000
 #: READY's names may not be longer than this (host, service, pool, version, master).
 MAX_READY_NAMES: Final = 1024
+#: The largest flow-control window a peer may announce or be configured with, in chunks.
+#: The front holds at most a worker's window of BODY records per request in flight to it,
+#: so a peer's window bounds what it can make the front buffer (64 MiB at 64 KiB chunks).
+MAX_WINDOW: Final = 1024
 
 RECORD_HEAD: Final = struct.Struct("!BQI")
 REQUEST_HEAD: Final = struct.Struct("!BHHHHII")
@@ -470,6 +474,8 @@ def decode_ready(payload: bytes) -> Ready:
     capacity, window, pid, flags = READY_HEAD.unpack_from(payload)
     if capacity < 1 or window < 1:
         raise ProtocolError("READY with capacity or window 0")
+    if window > MAX_WINDOW:
+        raise ProtocolError(f"READY with a window of {window}, over {MAX_WINDOW}")
     names = payload[READY_HEAD.size:]
     if len(names) > MAX_READY_NAMES:
         raise ProtocolError(f"READY names longer than {MAX_READY_NAMES} bytes")

@@ -884,6 +884,7 @@ class Dispatcher:
                     assert slot.state in (SENT, STARTED), f"{slot!r} in a slot of {peer!r}"
                     assert slot.worker is peer, f"{slot!r} in a slot of {peer!r}, not its"
                     assert slot.service == peer.lane.service, f"{slot!r} crossed lanes"
+                    assert slot.body_credit >= 0, f"{slot!r}: more BODY sent than granted"
 
     # -- assignment ---------------------------------------------------------------------
 
@@ -1237,7 +1238,14 @@ class Dispatcher:
                                                "answer"))
         elif kind == CREDIT:
             count = protocol.decode_credit(payload)
-            ex.body_credit += count
+            credit = ex.body_credit + count
+            if credit > peer.window:
+                # a worker never has more outstanding than its window: no peer makes the
+                # front buffer more of a body than that
+                self.malformed.warning("Cut a CREDIT from %r for %x back to its window of %d",
+                                       peer, ex.rid, peer.window)
+                credit = peer.window
+            ex.body_credit = credit
             ex.deadline = self.clock() + self.request_timeout
             sink.on_body_credit(ex, count)
         elif kind == ERROR:
