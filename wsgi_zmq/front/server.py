@@ -278,55 +278,51 @@ class Connection:
         # While a body streams under credit and the client keeps up, one turn reads up to
         # ``window`` pieces (not more: a worker's credit must not let one client hold the
         # loop), and they leave for the worker as one message: fewer, bigger messages
-        # take the ZeroMQ hop faster than a message a piece.
-        reads = self.server.window
-        while self._read_once() and reads > 1:
-            reads -= 1
-
-    def _read_once(self) -> bool:
-        """Read once and act on it. True if the read filled a whole piece and the body it
-        belongs to still streams under credit: more is likely waiting in the kernel."""
-        size = self.server.chunk_size
-        try:
-            data = self.sock.recv(size)
-        except _READ_AGAIN:
-            return False
-        except OSError as exc:
-            self._read_failed(exc)
-            return False
-        if not data:
-            self.close()  # the client closed; an unfinished exchange is cancelled
-            return False
-        metrics = self.server.metrics
-        if metrics is not None:
-            metrics.received += len(data)
+        # take the ZeroMQ hop faster than a message a piece. Every other read is one a turn.
         server = self.server
-        self.last_active = server.loop.now()
-        if self.phase == LINGERING:
-            return False  # read only to be thrown away
-        if self.proxy_header is not None:
+        size = server.chunk_size
+        reads = server.window
+        while True:
             try:
-                data = self._read_proxy_header(data)
-            except HTTPError as exc:
-                self._refuse(exc)
-                return False
+                data = self.sock.recv(size)
+            except _READ_AGAIN:
+                return
+            except OSError as exc:
+                self._read_failed(exc)
+                return
             if not data:
-                return False
-        if not self.head_started and self.parser.idle:
-            self.head_started = self.last_active
-        try:
-            self.parser.feed(data)
-        except HTTPError as exc:
-            self._refuse(exc)  # requests parsed before the bad one are still answered
-        current = self.current
-        if current is not None and current.state == NEW and self.phase == OPEN:
-            self._dispatch(current)
-        self._update_reading()
-        if len(data) < size or not self.reading:
-            return False
-        parsing = self.parsing
-        return (parsing is not None and parsing.worker is not None
-                and parsing.body_credit > 0)
+                self.close()  # the client closed; an unfinished exchange is cancelled
+                return
+            metrics = server.metrics
+            if metrics is not None:
+                metrics.received += len(data)
+            self.last_active = server.loop.now()
+            if self.phase == LINGERING:
+                return  # read only to be thrown away
+            if self.proxy_header is not None:
+                try:
+                    data = self._read_proxy_header(data)
+                except HTTPError as exc:
+                    self._refuse(exc)
+                    return
+                if not data:
+                    return
+            if not self.head_started and self.parser.idle:
+                self.head_started = self.last_active
+            try:
+                self.parser.feed(data)
+            except HTTPError as exc:
+                self._refuse(exc)  # requests parsed before the bad one are still answered
+            current = self.current
+            if current is not None and current.state == NEW and self.phase == OPEN:
+                self._dispatch(current)
+            self._update_reading()
+            reads -= 1
+            if len(data) < size or not reads or not self.reading:
+                return  # the kernel had no more, or this turn's share is read
+            parsing = self.parsing
+            if parsing is None or parsing.worker is None or parsing.body_credit <= 0:
+                return  # no body streaming under credit: one read a turn
 
     def _read_failed(self, exc: OSError) -> None:
         """A read raised ``exc`` (a reset, say): the connection is gone."""
