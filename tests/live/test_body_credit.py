@@ -44,6 +44,7 @@ class RawWorker:
         self.body = 0
         self.records = 0
         self.ended = False
+        self.ends = 0  # END records of the current request
         self.per_message: list[int] = []
 
     def take(self, timeout: float) -> None:
@@ -55,12 +56,13 @@ class RawWorker:
             if record.kind == protocol.REQUEST:
                 self.requests.append(record.rid)
                 self.body = len(protocol.decode_request(record.payload).body)
-                self.records, self.ended = 0, False
+                self.records, self.ended, self.ends = 0, False, 0
             elif record.kind == protocol.BODY:
                 bodies += 1
                 self.body += len(record.payload)
             elif record.kind == protocol.END:
                 self.ended = True
+                self.ends += 1
         self.records += bodies
         if bodies:
             self.per_message.append(bodies)
@@ -127,6 +129,9 @@ def test_the_front_sends_no_more_body_than_the_credit(stack):
             granted += 8
             raw.until(lambda want=granted: raw.ended or raw.records >= want, "the rest")
         assert raw.body == SIZE
+        raw.grant(8)  # as a worker does once its app has read the last pieces
+        raw.quiet_for(0.3)
+        assert raw.ends == 1, f"{raw.ends} END records for one body"
         raw.answer(b"200 OK")
         client.join(30)
         assert statuses == [200]
@@ -136,5 +141,38 @@ def test_the_front_sends_no_more_body_than_the_credit(stack):
             raw.answer(b"204 No Content")
             [response], _ = read_responses(sock, 1)
             assert response.status == 204
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_request_given_back_gets_its_body_end_again(stack):
+    """1. a front and a raw worker; a client sends a chunked PUT whose first chunk comes
+    with the head 2. the REQUEST arrives (the chunk inside it), then the client sends the
+    last chunk: the body's END follows 3. the worker gives the request back (REJECT) and
+    the front sends it again 4. once the worker grants credit the END comes again, once,
+    and the client gets the worker's 200."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    try:
+        raw = RawWorker(ctx, endpoint)
+        front.wait_for_log(r"Worker 4242@raw connected")
+        with connect(port) as sock:
+            sock.sendall(b"PUT /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n")
+            raw.until(lambda: raw.requests, "REQUEST")
+            assert raw.body == 5 and not raw.ended
+            raw.grant(8)  # the front reads the client only under credit
+            sock.sendall(b"0\r\n\r\n")
+            raw.until(lambda: raw.ended, "the body's END")
+            raw.send(protocol.encode_signal(protocol.REJECT, raw.requests[-1]))
+            raw.until(lambda: len(raw.requests) == 2, "the REQUEST again")
+            assert raw.body == 5 and raw.ends == 0
+            raw.grant(8)
+            raw.until(lambda: raw.ended, "the body's END again")
+            raw.quiet_for(0.3)
+            assert raw.ends == 1
+            raw.answer(b"200 OK")
+            [response], _ = read_responses(sock, 1)
+            assert response.status == 200
     finally:
         ctx.destroy(linger=0)

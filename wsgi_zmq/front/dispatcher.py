@@ -218,7 +218,9 @@ class Sink(Protocol):
 
     def on_failure(self, ex: Exchange, error: HTTPError) -> None: ...
 
-    def on_body_credit(self, ex: Exchange, count: int) -> None: ...
+    def on_body_credit(self, ex: Exchange, count: int) -> None:
+        """The worker granted ``count`` more BODY records; ``count`` 0: a worker took
+        ``ex`` anew and has granted nothing yet (its credit is back to 0)."""
 
 
 class JobSink(Sink, Protocol):
@@ -1247,7 +1249,8 @@ class Dispatcher:
                 credit = peer.window
             ex.body_credit = credit
             ex.deadline = self.clock() + self.request_timeout
-            sink.on_body_credit(ex, count)
+            if count:  # on_body_credit(ex, 0) means a worker took ``ex`` anew (_assign)
+                sink.on_body_credit(ex, count)
         elif kind == ERROR:
             status, message = protocol.decode_error(payload)
             ex.move(DONE)

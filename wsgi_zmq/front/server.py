@@ -103,8 +103,8 @@ _READ_AGAIN: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError)
 class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
-    __slots__ = ("head", "pending", "request_done", "continue_wanted", "continue_sent",
-                 "discarded", "status", "read_at", "stick_to")
+    __slots__ = ("head", "pending", "request_done", "end_sent", "continue_wanted",
+                 "continue_sent", "discarded", "status", "read_at", "stick_to")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -113,6 +113,7 @@ class HttpExchange(Exchange):
         self.read_at = 0.0  # when its head was read (for the metrics)
         self.pending: collections.deque[bytes] = collections.deque()
         self.request_done = False
+        self.end_sent = False  # the END of its body went to the worker that holds it
         self.continue_wanted = head.expect_continue
         self.continue_sent = False
         self.discarded = -1  # >= 0 while the rest of an answered request's body is skipped
@@ -383,7 +384,11 @@ class Connection:
             self._update_reading()
             return
         if ex.worker is not None and not ex.pending:
-            self.server.dispatcher.end_body(ex)
+            self._end_body(ex)
+
+    def _end_body(self, ex: HttpExchange) -> None:
+        self.server.dispatcher.end_body(ex)
+        ex.end_sent = True
 
     # -- dispatching ------------------------------------------------------------------------
 
@@ -461,6 +466,8 @@ class Connection:
 
     def on_body_credit(self, ex: Exchange, count: int) -> None:
         assert isinstance(ex, HttpExchange)
+        if not count:  # a worker took it anew: it needs the body's END too, after its credit
+            ex.end_sent = False
         if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
             self._write(_CONTINUE)
@@ -468,8 +475,9 @@ class Connection:
         pending = ex.pending
         while pending and ex.body_credit > 0:
             dispatcher.send_body(ex, pending.popleft())
-        if ex.request_done and not pending and ex.worker is not None and count:
-            dispatcher.end_body(ex)
+        if ex.request_done and not pending and ex.worker is not None and count \
+                and not ex.end_sent:
+            self._end_body(ex)
         if ex is self.parsing:
             self._update_reading()
 
