@@ -72,7 +72,7 @@ def _content_length(head: bytes) -> int:
 
 
 def _stream_worker(link: socket.socket) -> None:
-    """Read each body as it streams in (a length, then the bytes), join it, answer."""
+    """Read each body as it streams in (a length, then the bytes), gather it, answer."""
     while True:
         head = link.recv(8, socket.MSG_WAITALL)
         if len(head) < 8:

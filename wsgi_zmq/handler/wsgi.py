@@ -153,6 +153,8 @@ class _Gathered:
         self.buf: io.BytesIO | None = None
 
     def add(self, data: bytes) -> None:
+        if not data:
+            return
         buf = self.buf
         if buf is None:
             if not self.one:
