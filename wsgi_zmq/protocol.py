@@ -61,6 +61,11 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
     STATS     W->F  a JSON object (utf-8, at most MAX_STATS bytes): the worker's pool
                     master's figures (``workers``, ``restarts`` by reason), sent in a frame
                     of its own when they change, for the front's metrics
+    RING      W->F  pid:u32 fd:u32 slots:u32 slot_size:u32 nonce[16]: a worker on the
+                    front's host offers its body ring, a sealed memfd the front opens as
+                    /proc/PID/fd/FD (``docs/protocol.md``, section 7), in a frame of its own
+    BODY_AT   F->W  slot:u32 length:u32: the next piece of the request body is in that
+                    slot of the worker's ring (sent instead of BODY once the ring is taken)
 
 Every exchange the front dispatched ends with exactly one final record from the worker:
 RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
@@ -97,12 +102,14 @@ BYE: Final = 12
 JOB: Final = 13
 JOB_REPLY: Final = 14
 STATS: Final = 15
+RING: Final = 16
+BODY_AT: Final = 17
 
 KIND_NAMES: Final = {
     REQUEST: "REQUEST", BODY: "BODY", RESPONSE: "RESPONSE", CHUNK: "CHUNK", END: "END",
     CREDIT: "CREDIT", CANCEL: "CANCEL", READY: "READY", HEARTBEAT: "HEARTBEAT",
     ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE", JOB: "JOB", JOB_REPLY: "JOB_REPLY",
-    STATS: "STATS",
+    STATS: "STATS", RING: "RING", BODY_AT: "BODY_AT",
 }
 
 # REQUEST flags
@@ -157,6 +164,15 @@ MAX_READY_NAMES: Final = 1024
 #: so a peer's window bounds what it can make the front buffer (64 MiB at 64 KiB chunks).
 MAX_WINDOW: Final = 1024
 
+#: A body ring (RING): the bytes before its first slot (the magic and the nonce, then
+#: nothing), its slots' size bounds (a multiple of RING_PAGE), and the most it may hold.
+RING_HEADER: Final = 4096
+RING_PAGE: Final = 4096
+RING_MAGIC: Final = b"wsgi_zmq body ring 1\n\0\0\0\0\0\0\0\0\0\0\0"
+MIN_RING_SLOT: Final = 4096
+MAX_RING_SLOT: Final = 1 << 20
+MAX_RING_BYTES: Final = 64 << 20
+
 RECORD_HEAD: Final = struct.Struct("!BQI")
 REQUEST_HEAD: Final = struct.Struct("!BHHHHII")
 RESPONSE_HEAD: Final = struct.Struct("!BI")
@@ -164,6 +180,8 @@ U8: Final = struct.Struct("!B")
 U16: Final = struct.Struct("!H")
 U32: Final = struct.Struct("!I")
 READY_HEAD: Final = struct.Struct("!IHIB")
+RING_HEAD: Final = struct.Struct("!IIII16s")
+BODY_AT_HEAD: Final = struct.Struct("!II")
 JOB_HEAD: Final = struct.Struct("!BIHHII")
 JOB_REPLY_HEAD: Final = struct.Struct("!BH")
 #: Most frames one job or reply may have (MDP puts no bound on them; we do).
@@ -174,7 +192,7 @@ _MIN_PAYLOAD: Final = {
     REQUEST: REQUEST_HEAD.size, BODY: 0, RESPONSE: RESPONSE_HEAD.size, CHUNK: 0, END: 0,
     CREDIT: U32.size, CANCEL: 0, READY: READY_HEAD.size, HEARTBEAT: 0, ERROR: U16.size,
     REJECT: 0, BYE: 0, JOB: JOB_HEAD.size, JOB_REPLY: JOB_REPLY_HEAD.size,
-    STATS: 2,
+    STATS: 2, RING: RING_HEAD.size, BODY_AT: BODY_AT_HEAD.size,
 }
 _STRINGS_BEFORE_HEADERS: Final = 6
 
@@ -231,6 +249,21 @@ class Ready(NamedTuple):
     version: str = ""
     master: int = 0
     weight: int = DEFAULT_WEIGHT
+
+
+class RingOffer(NamedTuple):
+    """The decoded RING payload: where the worker's ring is and how it is cut."""
+
+    pid: int
+    fd: int
+    slots: int
+    slot_size: int
+    nonce: bytes
+
+    @property
+    def size(self) -> int:
+        """The size the ring's file must have."""
+        return RING_HEADER + self.slots * self.slot_size
 
 
 class JobHead(NamedTuple):
@@ -493,6 +526,30 @@ def decode_ready(payload: bytes) -> Ready:
                             f"{weight!r}")
     return Ready(capacity, window, pid, host, flags, service, pool or DEFAULT_POOL, version,
                  int(master or 0), int(weight) if weight else DEFAULT_WEIGHT)
+
+
+def encode_ring(pid: int, fd: int, slots: int, slot_size: int, nonce: bytes) -> bytes:
+    """Encode RING: the worker's body ring is the file ``/proc/PID/fd/FD``."""
+    return _pack_record(RING, 0, RING_HEAD.size) + RING_HEAD.pack(pid, fd, slots, slot_size,
+                                                                   nonce)
+
+
+def decode_ring(payload: bytes) -> RingOffer:
+    """Decode a RING payload; raises ``ProtocolError`` for a shape no ring may have."""
+    if len(payload) != RING_HEAD.size:
+        raise ProtocolError(f"RING of {len(payload)} bytes, not {RING_HEAD.size}")
+    offer = RingOffer(*RING_HEAD.unpack(payload))
+    if not MIN_RING_SLOT <= offer.slot_size <= MAX_RING_SLOT or offer.slot_size % RING_PAGE:
+        raise ProtocolError(f"RING slots of {offer.slot_size} bytes (a multiple of "
+                            f"{RING_PAGE}, {MIN_RING_SLOT} to {MAX_RING_SLOT})")
+    if offer.slots < 1 or offer.size > MAX_RING_BYTES:
+        raise ProtocolError(f"RING of {offer.slots} slots (1 to {MAX_RING_BYTES} bytes)")
+    return offer
+
+
+def encode_body_at(rid: int, slot: int, length: int) -> bytes:
+    """Encode BODY_AT: the next piece of ``rid``'s body, ``length`` bytes in ``slot``."""
+    return _pack_record(BODY_AT, rid, BODY_AT_HEAD.size) + BODY_AT_HEAD.pack(slot, length)
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import socket
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
@@ -85,8 +86,10 @@ from wsgi_zmq.protocol import (
     REJECT,
     RESP_END,
     RESPONSE,
+    RING,
     STATS,
 )
+from wsgi_zmq.ring import BodyRing, RingRefused, open_ring
 
 log = logging.getLogger("wsgi_zmq.error.dispatcher")
 
@@ -323,7 +326,7 @@ class Peer:
                  "gone", "line", "progress", "concurrent", "failures", "ejections",
                  "ejected_until", "probe_rid", "probed_at", "lane", "idempotent", "link",
                  "pool", "version", "master", "drained", "served", "busy", "changed",
-                 "heard", "since")
+                 "heard", "since", "ring")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str,
                  lane: Lane) -> None:
@@ -362,6 +365,9 @@ class Peer:
         self.changed = 0.0
         self.heard = 0.0
         self.since = 0.0
+        # the body ring it shares (a worker on this host, RING): its requests' bodies go
+        # into it, BODY_AT records tell where
+        self.ring: BodyRing | None = None
 
     @property
     def inflight(self) -> int:
@@ -475,6 +481,10 @@ class Dispatcher:
         self.heartbeat: float = cfg.heartbeat
         self.window: int = cfg.window
         self.peers: dict[bytes, Peer] = {}
+        # the workers' body rings by (device, inode): no two workers share one
+        self.rings: dict[tuple[int, int], Peer] = {}
+        self.take_rings = bool(cfg.body_ring)
+        self.host = socket.gethostname()
         # pools an operator drained (``ctl drain POOL``): their workers, including those
         # that connect later, get nothing new until ``ctl resume``
         self.drained_pools: set[str] = set()
@@ -770,10 +780,28 @@ class Dispatcher:
         if peer is None:
             return
         ex.body_credit -= 1
-        ex.body_sent += 1
+        index = ex.body_sent
+        ex.body_sent = index + 1
         ex.deadline = self.clock() + self.request_timeout
+        ring = peer.ring
+        if ring is not None:
+            slot = ring.put(ex.rid, index, data)
+            if slot >= 0:
+                self._post(peer, protocol.encode_body_at(ex.rid, slot, len(data)))
+                return
         self._post(peer, protocol.data_head(protocol.BODY, ex.rid, len(data)))
         peer.outbox.append(data)
+
+    def send_at(self, ex: Exchange, slot: int, size: int) -> None:
+        """Queue a BODY_AT record: the sink read the next piece of ``ex``'s body, ``size``
+        bytes, into ``slot`` of its worker's ring itself (``BodyRing.slot``, ``view``)."""
+        peer = ex.worker
+        assert peer is not None and peer.ring is not None
+        ex.body_credit -= 1
+        ex.body_sent += 1
+        ex.deadline = self.clock() + self.request_timeout
+        peer.ring.bytes += size
+        self._post(peer, protocol.encode_body_at(ex.rid, slot, size))
 
     def end_body(self, ex: Exchange) -> None:
         """Tell the worker the request body is complete."""
@@ -887,6 +915,12 @@ class Dispatcher:
                     assert slot.worker is peer, f"{slot!r} in a slot of {peer!r}, not its"
                     assert slot.service == peer.lane.service, f"{slot!r} crossed lanes"
                     assert slot.body_credit >= 0, f"{slot!r}: more BODY sent than granted"
+            if peer.ring is not None:
+                assert self.rings.get(peer.ring.key) is peer, f"{peer!r}: its ring unfiled"
+                peer.ring.check(peer.slots)
+        for key, peer in self.rings.items():
+            assert peer.ring is not None and peer.ring.key == key, f"ring {key} misfiled"
+            assert self.peers.get(peer.ident) is peer, f"{peer!r} gone, its ring kept"
 
     # -- assignment ---------------------------------------------------------------------
 
@@ -974,6 +1008,8 @@ class Dispatcher:
         peer.busy += (now - peer.changed) * len(peer.slots)
         peer.changed = now
         del peer.slots[rid]
+        if peer.ring is not None:
+            peer.ring.release(rid)
         if progressed:
             peer.progress = now
         if peer.leaving:
@@ -1198,6 +1234,8 @@ class Dispatcher:
                     self._abandon(peer, rid, _is_final(kind, payload))
             elif kind == BYE:
                 self._on_bye(peer)
+            elif kind == RING:
+                self._on_ring(peer, payload)
             elif kind == STATS:
                 try:
                     stats = protocol.decode_stats(payload)
@@ -1342,6 +1380,33 @@ class Dispatcher:
         self._drain_queue(peer.lane)
         return peer
 
+    def _on_ring(self, peer: Peer, payload: bytes) -> None:
+        """A worker offers its body ring (``wsgi_zmq/ring.py``): take it if every check
+        passes; otherwise its bodies go in BODY records, as before."""
+        try:
+            offer = protocol.decode_ring(payload)
+        except ProtocolError as exc:
+            self.malformed.warning("Dropped a malformed RING from %r: %s", peer, exc)
+            return
+        if not self.take_rings or peer.lane.job:
+            return  # body_ring 0; or a job worker, whose jobs come whole
+        if peer.host != self.host:
+            log.debug("Worker %s@%s offers a body ring from another host", peer.pid, peer.host)
+            return
+        if peer.ring is not None:
+            self.malformed.warning("Dropped a second RING from %r", peer)
+            return
+        try:
+            ring = open_ring(offer, peer.window, set(self.rings))
+        except RingRefused as exc:
+            self.malformed.warning("Refused the body ring of %r: %s; its request bodies go "
+                                   "in messages", peer, exc)
+            return
+        peer.ring = ring
+        self.rings[ring.key] = peer
+        log.info("Worker %s@%s shares a body ring: %d request(s) of %d pieces of %d KiB",
+                 peer.pid, peer.host, ring.groups, ring.window, ring.slot_size >> 10)
+
     # -- foreign workers ------------------------------------------------------------------
 
     def attach(self, key: bytes, service: str, pid: int, host: str, link: Link) -> Peer:
@@ -1466,6 +1531,11 @@ class Dispatcher:
 
     def _forget(self, peer: Peer) -> None:
         self._unlist(peer)
+        ring = peer.ring
+        if ring is not None:
+            peer.ring = None
+            del self.rings[ring.key]
+            ring.close()
         if not peer.gone:
             peer.lane.members -= 1
         peer.gone = True

@@ -124,14 +124,20 @@ class RequestParser:
 
     __slots__ = ("sink", "limits", "_parser", "_url", "_headers", "_fields", "_host_count",
                  "_te", "_expect", "_length", "_upgrade", "_in_head", "_line", "_body_bytes",
-                 "_raw_body", "_head", "_finished", "_completed", "_between", "_method",
-                 "_bad_method", "_in_method", "_begun", "_host_ok")
+                 "_raw_body", "_raw_ends", "_head", "_finished", "_completed", "_between",
+                 "_method", "_bad_method", "_in_method", "_begun", "_host_ok")
 
     def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
         self.sink = sink
         self.limits = limits or Limits()
         self._parser = _new_parser(self)
-        self._raw_body = 0  # bytes of an upgrade request's body llhttp left to us
+        # bytes of a body llhttp left to us: an upgrade request's (llhttp skipped it), or
+        # the rest of a Content-Length body that did not end in the feed of its head
+        # (``_raw_ends``: llhttp is not fed the rest, and a fresh llhttp takes the bytes
+        # after it, so a large body is not copied on its way through llhttp and can be
+        # read straight where it goes, ``took_raw``)
+        self._raw_body = 0
+        self._raw_ends = False
         self._head: RequestHead | None = None
         self._finished = False  # a request that ends the connection was parsed
         self._completed = False  # a message completed during the current feed
@@ -219,6 +225,13 @@ class RequestParser:
             return
         if self._in_method:  # the method continues in the next feed
             self._method = _peek(prefix, data) if known and self._begun <= 1 else None
+        if not self._in_head:
+            head = self._head
+            if head is not None and head.content_length > 0 and not head.chunked and \
+                    not self._upgrade:
+                self._raw_body = head.content_length - self._body_bytes
+                self._raw_ends = True
+            return
         if self._in_head:
             if self._completed:
                 # the bytes of this feed belonged (mostly) to the request that completed;
@@ -277,10 +290,37 @@ class RequestParser:
         take = min(self._raw_body, len(data))
         if take:
             self._raw_body -= take
-            self.sink.on_body(data[:take])
+            self.sink.on_body(data if take == len(data) else data[:take])
         if not self._raw_body:
-            self.sink.on_request_end()
+            self._end_raw_body()
         return data[take:]
+
+    @property
+    def raw_left(self) -> int:
+        """Bytes of a Content-Length body still to come that ``took_raw`` may take (0 when
+        no such body is being read)."""
+        return self._raw_body if self._raw_ends else 0
+
+    def took_raw(self, size: int) -> None:
+        """The caller read ``size`` bytes of the body (at most ``raw_left``) itself, straight
+        where they go, and gave them to the worker: count them (``on_body`` is not called
+        for them); ``on_request_end`` follows if they were the last."""
+        assert 0 < size <= self.raw_left
+        self._raw_body -= size
+        if not self._raw_body:
+            self._end_raw_body()
+
+    def _end_raw_body(self) -> None:
+        if self._raw_ends:  # what llhttp's on_message_complete would have done
+            head = self._head
+            self._raw_ends = False
+            self._parser = _new_parser(self)
+            self._reset()
+            self._between = True
+            self._method = None
+            if head is not None and not head.keep_alive:
+                self._finished = True
+        self.sink.on_request_end()
 
     # -- httptools callbacks ------------------------------------------------------------
 

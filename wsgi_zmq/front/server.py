@@ -69,6 +69,7 @@ from wsgi_zmq.handler.environ import CLIENT_DN_FIELD, SCRIPT_NAME_FIELD
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.process import Pidfile, set_owner
+from wsgi_zmq.ring import BodyRing
 from wsgi_zmq.protocol import (
     DEFAULT_POOL,
     END_ABORT,
@@ -284,6 +285,19 @@ class Connection:
         size = server.chunk_size
         reads = server.window
         while True:
+            parsing = self.parsing
+            if parsing is not None and parsing.body_credit > 0 and parsing.worker is not None:
+                ring = parsing.worker.ring
+                left = self.parser.raw_left
+                if ring is not None and left and not parsing.pending and self.phase == OPEN:
+                    got = self._read_into_ring(parsing, ring, left)
+                    if got < 0:
+                        return
+                    if got:
+                        reads -= 1
+                        if got < min(left, ring.slot_size) or not reads or not self.reading:
+                            return
+                        continue
             try:
                 data = self.sock.recv(size)
             except _READ_AGAIN:
@@ -324,6 +338,37 @@ class Connection:
             parsing = self.parsing
             if parsing is None or parsing.worker is None or parsing.body_credit <= 0:
                 return  # no body streaming under credit: one read a turn
+
+    def _read_into_ring(self, ex: HttpExchange, ring: BodyRing, left: int) -> int:
+        """Read the next piece of ``ex``'s Content-Length body (``left`` bytes to come)
+        straight into its slot of the worker's body ring, and send its BODY_AT: the piece
+        is copied once, by the kernel, on its way to the worker. Returns the bytes read; 0
+        if ``ex`` holds no group of the ring and none is free (read it the usual way); -1
+        if the turn's reading is over (nothing more to read, or the connection ended)."""
+        slot = ring.slot(ex.rid, ex.body_sent)
+        if slot < 0:
+            return 0
+        view = ring.view(slot)
+        try:
+            got = self.sock.recv_into(view, min(left, ring.slot_size))
+        except _READ_AGAIN:
+            return -1
+        except OSError as exc:
+            self._read_failed(exc)
+            return -1
+        finally:
+            view.release()
+        if not got:
+            self.close()
+            return -1
+        server = self.server
+        if server.metrics is not None:
+            server.metrics.received += got
+        self.last_active = server.loop.now()
+        server.dispatcher.send_at(ex, slot, got)
+        self.parser.took_raw(got)  # on_request_end follows the last piece
+        self._update_reading()
+        return got
 
     def _read_failed(self, exc: OSError) -> None:
         """A read raised ``exc`` (a reset, say): the connection is gone."""

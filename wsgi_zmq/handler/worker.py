@@ -58,8 +58,11 @@ from wsgi_zmq import log as wlog
 from wsgi_zmq import protocol
 from wsgi_zmq.config import is_default_hook
 from wsgi_zmq.errors import ConfigError, ProtocolError
+from wsgi_zmq.ring import SUPPORTED as RINGS_SUPPORTED
+from wsgi_zmq.ring import WorkerRing, ring_slot_size
 from wsgi_zmq.protocol import (
     BODY,
+    BODY_AT,
     CANCEL,
     CREDIT,
     END,
@@ -88,7 +91,7 @@ class Front:
     """The worker's connection to one front's backend endpoint."""
 
     __slots__ = ("endpoint", "sock", "monitor", "outbox", "requests", "generation",
-                 "connected", "released", "queued")
+                 "connected", "released", "queued", "ring")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]
                  ) -> None:
@@ -101,6 +104,13 @@ class Front:
         self.connected = False
         self.released = False  # the front acknowledged our BYE: it sends nothing more
         self.queued = 0  # requests waiting in the front, from its last HEARTBEAT
+        # the body ring offered on this connection (``body_ring``; made anew on each)
+        self.ring: WorkerRing | None = None
+
+    def close_ring(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
 
 #: A request's phases (``Request.phase``), and every change ``Request.move`` allows:
@@ -546,6 +556,8 @@ class Worker:
         """Assert the invariants of the worker's requests (``PHASES``); raise
         ``AssertionError``. ``WSGI_ZMQ_CHECK=1`` calls it every turn of the loop."""
         for front in self.fronts:
+            if front.ring is not None:
+                assert front.connected, f"a body ring kept for lost {front.endpoint}"
             for rid, req in front.requests.items():
                 assert req.rid == rid and req.front is front, f"{req!r} filed under {rid:x}"
                 assert req.phase != DONE, f"request {rid:x} is DONE but still registered"
@@ -718,6 +730,14 @@ class Worker:
                 continue  # for a request already finished; harmless
             if kind == BODY:
                 req.body.append(payload)
+            elif kind == BODY_AT:
+                piece = front.ring.read(payload) if front.ring is not None else None
+                if piece is None:
+                    log.warning("Dropped a BODY_AT from %s that names no slot of this "
+                                "connection's ring; the request is cut", front.endpoint)
+                    req.cancelled = True
+                else:
+                    req.body.append(piece)
             elif kind == END:
                 req.body_done = True
             elif kind == CREDIT:
@@ -773,10 +793,13 @@ class Worker:
                 if self.pool_stats:
                     # a frame of its own: a front that does not know STATS drops only it
                     self.send(front, [protocol.encode_stats(self.pool_stats)])
+                if not service:
+                    self.offer_ring(front)
             log.debug("Worker %d connected to %s", self.pid, front.endpoint)
         elif event == zmq.EVENT_DISCONNECTED:
             front.connected = False
             front.generation += 1
+            front.close_ring()  # its pieces were copied out as they came
             abandoned = list(front.requests.values())
             front.requests.clear()
             front.outbox.clear()
@@ -788,6 +811,21 @@ class Worker:
                             len(abandoned))
             else:
                 log.info("Lost %s; reconnecting", front.endpoint)
+
+    def offer_ring(self, front: Front) -> None:
+        """Offer ``front`` a new body ring (``wsgi_zmq/ring.py``), in a frame of its own: a
+        front that does not know RING drops only it, one on another host ignores it."""
+        front.close_ring()
+        groups = min(self.cfg.body_ring, self.capacity)
+        if not groups or not RINGS_SUPPORTED:
+            return
+        try:
+            front.ring = WorkerRing(groups, self.cfg.window, ring_slot_size(self.cfg.chunk_size))
+        except (OSError, ValueError) as exc:
+            log.warning("No body ring for %s (%s): request bodies come in messages",
+                        front.endpoint, exc)
+            return
+        self.send(front, [front.ring.offer(self.pid)])
 
     # -- output -------------------------------------------------------------------------
 
@@ -816,6 +854,7 @@ class Worker:
         for front in self.fronts:
             front.monitor.close(linger=0)
             front.sock.close(linger=linger)
+            front.close_ring()
         self.context.term()
         self.context = None
 

@@ -1,0 +1,252 @@
+"""Body rings: request bodies through shared memory, for a worker on the front's host.
+
+A streamed request body normally travels in BODY records, through the ZeroMQ hop. For a
+worker on the same host the bytes can take a shorter way: the worker creates a *ring*, a
+memfd cut into slots, and offers it to the front in a RING record; the front writes each
+piece of a body into a slot and sends only BODY_AT(slot, length). The worker copies the
+piece out when the record arrives. ``docs/protocol.md`` (section 7) has the whole contract.
+
+Two sides, one module:
+
+- ``WorkerRing`` (the worker): creates the memfd, writes the header (``RING_MAGIC`` and a
+  random nonce), seals it against shrinking, and reads pieces out of it. Its pages are
+  allocated as bodies first touch them and stay; a memfd lives on the kernel's internal
+  shmem mount, which has no size limit, so a first write cannot fault for want of space
+  (as one into a full ``/dev/shm`` would, with SIGBUS).
+- ``open_ring`` and ``BodyRing`` (the front): open ``/proc/PID/fd/FD`` of the offer only
+  after checking that it is a memfd of the front's own user, sealed against shrinking
+  (a peer that could shrink the file under the front's mapping would kill the front with
+  SIGBUS), of the offered size, with the offered nonce in its header, and mapped by no
+  other worker; then hand out slots.
+
+**Slots.** The front cuts the ring into *groups* of ``window`` slots (the worker's READY
+window). A request whose body goes through the ring holds one group from its first piece
+until the worker's final record for it (or the worker's loss); piece ``n`` of its body
+goes to slot ``n mod window`` of the group. That is safe because a worker grants CREDIT
+only for pieces it has taken: the front has credit for piece ``n + window``, which reuses
+the slot of piece ``n``, only once the worker has copied piece ``n`` out. A request that
+finds no free group (or a piece larger than a slot) sends its pieces in BODY records, as a
+worker without a ring gets them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import mmap
+import os
+import stat
+from typing import Final
+
+from wsgi_zmq import protocol
+from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC, RingOffer
+
+#: Can this system make rings at all (Linux: memfd and file seals)?
+SUPPORTED: Final = hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+#: The most requests one worker's ring serves at once (``body_ring``).
+MAX_GROUPS: Final = 64
+#: The size of a slot. The front reads a piece of a body straight into a slot, one
+#: ``recv_into`` a piece, so the piece's size sets the count of reads, records and Python
+#: turns per byte: 256 KiB slots took a 100 MiB upload in 0.6-0.7x the time of 64 KiB ones
+#: (``bench/upload.py``), and 512 KiB slots were no faster.
+RING_SLOT: Final = 256 << 10
+
+_NONCE_AT: Final = len(RING_MAGIC)
+_NONCE_SIZE: Final = 16
+_MEMFD_PREFIX: Final = "/memfd:"
+_unpack_body_at = protocol.BODY_AT_HEAD.unpack_from
+
+
+def ring_slot_size(chunk_size: int) -> int:
+    """The slot size a worker offers: ``RING_SLOT``, or ``chunk_size`` if that is larger,
+    rounded up to whole pages and within the bounds a front accepts."""
+    pages = -(-max(chunk_size, RING_SLOT) // protocol.RING_PAGE)
+    return max(protocol.MIN_RING_SLOT, min(protocol.MAX_RING_SLOT,
+                                           pages * protocol.RING_PAGE))
+
+
+class WorkerRing:
+    """The worker's ring for one connection to a front: ``groups`` requests of ``window``
+    pieces of ``slot_size`` bytes. One per connection, made anew on every reconnection, so
+    a front that still writes for a lost connection never writes into a ring in use."""
+
+    __slots__ = ("fd", "mm", "slots", "slot_size", "nonce")
+
+    def __init__(self, groups: int, window: int, slot_size: int) -> None:
+        self.slots = groups * window
+        self.slot_size = slot_size
+        size = RING_HEADER + self.slots * slot_size
+        if size > protocol.MAX_RING_BYTES:
+            # fewer requests at once, not a ring the front refuses
+            self.slots = (protocol.MAX_RING_BYTES - RING_HEADER) // slot_size // window \
+                * window
+            size = RING_HEADER + self.slots * slot_size
+        if not self.slots:
+            raise ValueError(f"a window of {window} pieces of {slot_size >> 10} KiB is more "
+                             f"than a ring may hold")
+        self.nonce = os.urandom(_NONCE_SIZE)
+        fd = os.memfd_create("wsgi_zmq-body-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            os.pwrite(fd, RING_MAGIC + self.nonce, 0)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def offer(self, pid: int) -> bytes:
+        """The RING record that offers this ring to a front."""
+        return protocol.encode_ring(pid, self.fd, self.slots, self.slot_size, self.nonce)
+
+    def read(self, payload: bytes) -> bytes | None:
+        """The piece a BODY_AT payload names, copied out; None if it names no slot of this
+        ring or is longer than one."""
+        if len(payload) != protocol.BODY_AT_HEAD.size:
+            return None
+        slot, length = _unpack_body_at(payload)
+        if slot >= self.slots or length > self.slot_size:
+            return None
+        start = RING_HEADER + slot * self.slot_size
+        return self.mm[start:start + length]
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
+
+
+class RingRefused(Exception):
+    """An offered ring the front does not take; the message says why."""
+
+
+def open_ring(offer: RingOffer, window: int, taken: set[tuple[int, int]]) -> BodyRing:
+    """Open and check the ring ``offer`` names for a worker whose window is ``window``;
+    ``taken`` holds the (device, inode) of the rings other workers have. Raises
+    ``RingRefused``.
+
+    Everything that can be checked without opening the file is checked first: opening
+    some other process's descriptor could have effects of its own (a device's open)."""
+    if not SUPPORTED:
+        raise RingRefused("this system has no memfd seals")
+    path = f"/proc/{offer.pid}/fd/{offer.fd}"
+    try:
+        target = os.readlink(path)
+        before = os.stat(path)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    if not target.startswith(_MEMFD_PREFIX):
+        raise RingRefused(f"{path} is no memfd")
+    if not stat.S_ISREG(before.st_mode):
+        raise RingRefused(f"{path} is no regular file")
+    euid = os.geteuid()
+    if before.st_uid != euid and euid != 0:
+        raise RingRefused(f"{path} belongs to uid {before.st_uid}, not to the front's")
+    if before.st_size != offer.size:
+        raise RingRefused(f"{path} has {before.st_size} bytes, not the {offer.size} offered")
+    if (before.st_dev, before.st_ino) in taken:
+        raise RingRefused(f"{path} is another worker's ring")
+    groups = min(offer.slots // window, MAX_GROUPS)
+    if not groups:
+        raise RingRefused(f"{offer.slots} slots, fewer than its window of {window}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino) or \
+                now.st_size != offer.size:
+            raise RingRefused(f"{path} changed while it was opened")
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if not seals & fcntl.F_SEAL_SHRINK:
+            raise RingRefused(f"{path} is not sealed against shrinking")
+        try:
+            mm = mmap.mmap(fd, offer.size, mmap.MAP_SHARED,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise RingRefused(f"{path} cannot be mapped: {exc.strerror}") from None
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if not hmac.compare_digest(mm[:_NONCE_AT + _NONCE_SIZE], RING_MAGIC + offer.nonce):
+        mm.close()
+        raise RingRefused(f"{path} does not hold the ring offered (its header differs)")
+    return BodyRing(mm, (before.st_dev, before.st_ino), offer.slot_size, window, groups)
+
+
+class BodyRing:
+    """The front's side of one worker's ring: which request holds which group of slots.
+
+    ``held`` maps the rid of every request that holds a group to the group's first slot;
+    ``free`` lists the first slots of the groups nobody holds. ``check`` asserts that the
+    two make up the ring's groups, each once.
+    """
+
+    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held",
+                 "bytes")
+
+    def __init__(self, mm: mmap.mmap, key: tuple[int, int], slot_size: int, window: int,
+                 groups: int) -> None:
+        self.mm = mm
+        self.memory = memoryview(mm)  # released before the map closes (``close``)
+        self.key = key
+        self.slot_size = slot_size
+        self.window = window
+        self.groups = groups
+        self.free = [g * window for g in range(groups - 1, -1, -1)]
+        self.held: dict[int, int] = {}
+        self.bytes = 0  # of request bodies that went through it
+
+    def slot(self, rid: int, index: int) -> int:
+        """The slot of piece ``index`` of ``rid``'s body (taking a group for ``rid`` if it
+        holds none), or -1 if it holds none and none is free."""
+        base = self.held.get(rid)
+        if base is None:
+            if not self.free:
+                return -1
+            base = self.held[rid] = self.free.pop()
+        return base + index % self.window
+
+    def view(self, slot: int) -> memoryview:
+        """The memory of ``slot``, to read a piece into (release the view after)."""
+        start = RING_HEADER + slot * self.slot_size
+        return self.memory[start:start + self.slot_size]
+
+    def put(self, rid: int, index: int, data: bytes) -> int:
+        """Write piece ``index`` of ``rid``'s body into its slot; return the slot, or -1
+        (nothing written) if the piece does not fit in a slot, or ``rid`` holds no group
+        and none is free."""
+        size = len(data)
+        if size > self.slot_size:
+            return -1
+        slot = self.slot(rid, index)
+        if slot >= 0:
+            start = RING_HEADER + slot * self.slot_size
+            self.memory[start:start + size] = data
+            self.bytes += size
+        return slot
+
+    def release(self, rid: int) -> None:
+        """The worker sent its final record for ``rid``: its group is free again."""
+        base = self.held.pop(rid, None)
+        if base is not None:
+            self.free.append(base)
+
+    def close(self) -> None:
+        self.held.clear()
+        self.free.clear()
+        self.memory.release()
+        self.mm.close()
+
+    def check(self, holders: set[int] | dict[int, object]) -> None:
+        """Assert that every group is free or held, once, and held only by a request of
+        ``holders`` (the rids its worker holds)."""
+        assert not self.mm.closed, "a closed ring in use"
+        bases = list(self.free) + list(self.held.values())
+        assert sorted(bases) == [g * self.window for g in range(self.groups)], \
+            f"ring groups {sorted(bases)}: lost or twice"
+        for rid in self.held:
+            assert rid in holders, f"request {rid:x} holds a ring group but not its worker"
