@@ -36,6 +36,7 @@ import hmac
 import mmap
 import os
 import stat
+from collections.abc import Container
 from typing import Final
 
 from wsgi_zmq import protocol
@@ -185,8 +186,7 @@ class BodyRing:
     two make up the ring's groups, each once.
     """
 
-    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held",
-                 "bytes")
+    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held")
 
     def __init__(self, mm: mmap.mmap, key: tuple[int, int], slot_size: int, window: int,
                  groups: int) -> None:
@@ -198,7 +198,6 @@ class BodyRing:
         self.groups = groups
         self.free = [g * window for g in range(groups - 1, -1, -1)]
         self.held: dict[int, int] = {}
-        self.bytes = 0  # of request bodies that went through it
 
     def slot(self, rid: int, index: int) -> int:
         """The slot of piece ``index`` of ``rid``'s body (taking a group for ``rid`` if it
@@ -226,7 +225,6 @@ class BodyRing:
         if slot >= 0:
             start = RING_HEADER + slot * self.slot_size
             self.memory[start:start + size] = data
-            self.bytes += size
         return slot
 
     def release(self, rid: int) -> None:
@@ -241,7 +239,7 @@ class BodyRing:
         self.memory.release()
         self.mm.close()
 
-    def check(self, holders: set[int] | dict[int, object]) -> None:
+    def check(self, holders: Container[int]) -> None:
         """Assert that every group is free or held, once, and held only by a request of
         ``holders`` (the rids its worker holds)."""
         assert not self.mm.closed, "a closed ring in use"

@@ -243,6 +243,7 @@ def pools(dispatcher: Any, now: float) -> list[dict[str, Any]]:
                 "busy_share": round(min(1.0, busy / (age * peer.capacity)), 4),
                 "connected_for": round(age, 3), "last_heard": round(now - peer.heard, 3),
                 "concurrent": peer.concurrent, "foreign": peer.link is not None,
+                "body_ring": peer.ring.groups if peer.ring is not None else 0,
             })
         out.append({"name": name, "version": version, "host": host, "master": master,
                     "service": service, "drained": name in dispatcher.drained_pools,

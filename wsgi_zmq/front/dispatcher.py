@@ -484,6 +484,7 @@ class Dispatcher:
         # the workers' body rings by (device, inode): no two workers share one
         self.rings: dict[tuple[int, int], Peer] = {}
         self.take_rings = bool(cfg.body_ring)
+        self.ring_bytes = 0  # of request bodies that went through rings (the metrics)
         self.host = socket.gethostname()
         # pools an operator drained (``ctl drain POOL``): their workers, including those
         # that connect later, get nothing new until ``ctl resume``
@@ -503,6 +504,7 @@ class Dispatcher:
         self.ready = self.http.ready
         self.queue = self.http.queue
         self.malformed = LogLimiter(log, "malformed messages from the backend")
+        self.refused_rings = LogLimiter(log, "refused body rings")
         # anyone who reaches a job endpoint without CURVE may come and go as an MDP worker:
         # their arrivals and losses are rate limited too
         self.foreign = LogLimiter(log, "lines about MDP workers", burst=20)
@@ -787,6 +789,7 @@ class Dispatcher:
         if ring is not None:
             slot = ring.put(ex.rid, index, data)
             if slot >= 0:
+                self.ring_bytes += len(data)
                 self._post(peer, protocol.encode_body_at(ex.rid, slot, len(data)))
                 return
         self._post(peer, protocol.data_head(protocol.BODY, ex.rid, len(data)))
@@ -800,7 +803,7 @@ class Dispatcher:
         ex.body_credit -= 1
         ex.body_sent += 1
         ex.deadline = self.clock() + self.request_timeout
-        peer.ring.bytes += size
+        self.ring_bytes += size
         self._post(peer, protocol.encode_body_at(ex.rid, slot, size))
 
     def end_body(self, ex: Exchange) -> None:
@@ -1399,8 +1402,8 @@ class Dispatcher:
         try:
             ring = open_ring(offer, peer.window, set(self.rings))
         except RingRefused as exc:
-            self.malformed.warning("Refused the body ring of %r: %s; its request bodies go "
-                                   "in messages", peer, exc)
+            self.refused_rings.warning("Refused the body ring of %r: %s; its request bodies "
+                                       "go in messages", peer, exc)
             return
         peer.ring = ring
         self.rings[ring.key] = peer
@@ -1719,6 +1722,7 @@ class Dispatcher:
             self.probe()
         self.malformed.flush()
         self.foreign.flush()
+        self.refused_rings.flush()
         if len(self.keys) > len(self.peers):  # keys of connections that never said READY
             self.keys = {ident: key for ident, key in self.keys.items() if ident in self.peers}
         for lane in list(self.lanes.values()):

@@ -75,6 +75,9 @@ METRICS: Final = (
            "Bytes read from HTTP clients (request heads and bodies)."),
     Metric("sent_bytes_total", "counter", (),
            "Bytes written to HTTP clients."),
+    Metric("body_ring_bytes_total", "counter", (),
+           "Request body bytes that reached workers through their body rings (shared "
+           "memory, ``body_ring``) instead of in messages."),
     Metric("connections", "gauge", (), "Client connections open."),
     Metric("queue_depth", "gauge", ("pool",),
            "Requests waiting in the front for a free worker: HTTP requests under "
@@ -207,7 +210,8 @@ class FrontCollector:
         yield family
         for name, value in (("redispatches_total", m.redispatches),
                             ("received_bytes_total", m.received),
-                            ("sent_bytes_total", m.sent)):
+                            ("sent_bytes_total", m.sent),
+                            ("body_ring_bytes_total", dispatcher.ring_bytes)):
             family = counter(name)
             family.add_metric([], value)
             yield family

@@ -69,7 +69,6 @@ from wsgi_zmq.handler.environ import CLIENT_DN_FIELD, SCRIPT_NAME_FIELD
 from wsgi_zmq.log import AccessLog
 from wsgi_zmq.log import reopen as reopen_logs
 from wsgi_zmq.process import Pidfile, set_owner
-from wsgi_zmq.ring import BodyRing
 from wsgi_zmq.protocol import (
     DEFAULT_POOL,
     END_ABORT,
@@ -83,6 +82,7 @@ from wsgi_zmq.protocol import (
     RESP_CLOSE,
     RESP_END,
 )
+from wsgi_zmq.ring import BodyRing
 
 log = logging.getLogger("wsgi_zmq.error.front")
 

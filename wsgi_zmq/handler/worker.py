@@ -58,8 +58,6 @@ from wsgi_zmq import log as wlog
 from wsgi_zmq import protocol
 from wsgi_zmq.config import is_default_hook
 from wsgi_zmq.errors import ConfigError, ProtocolError
-from wsgi_zmq.ring import SUPPORTED as RINGS_SUPPORTED
-from wsgi_zmq.ring import WorkerRing, ring_slot_size
 from wsgi_zmq.protocol import (
     BODY,
     BODY_AT,
@@ -70,6 +68,8 @@ from wsgi_zmq.protocol import (
     JOB,
     REQUEST,
 )
+from wsgi_zmq.ring import SUPPORTED as RINGS_SUPPORTED
+from wsgi_zmq.ring import WorkerRing, ring_slot_size
 
 if TYPE_CHECKING:
     from wsgi_zmq.handler.green import GeventRunner

@@ -1,0 +1,380 @@
+"""Body rings, live: request bodies through shared memory between a front and a worker on
+its host (``body_ring``), and the offers a front refuses.
+
+The first tests run a real front and real workers and check every upload's bytes (the app
+answers their sha256) in every shape a body comes in; ``wsgi_zmq_body_ring_bytes_total``
+shows they went through the ring. The others connect raw workers written in the test: a
+DEALER that offers a ring the test made (a real ``WorkerRing``, or a memfd or file built to
+fail one check) and reads what the front sends, record by record. After each refusal the
+front still serves."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from support import connect, get, poll_until, read_responses
+from wsgi_zmq import protocol
+from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC
+from wsgi_zmq.ring import SUPPORTED, WorkerRing
+
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="no memfd seals on this system")
+
+HOST = socket.gethostname()
+UPLOAD = "/upload"
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    match = re.search(rf"^wsgi_zmq_{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name} in the metrics"
+    return float(match.group(1))
+
+
+def _request(body: bytes, how: str) -> bytes:
+    """A PUT of ``body``: ``length`` (Content-Length), ``chunked`` (in pieces of varied
+    size), ``expect`` (Content-Length and Expect: 100-continue, sent without waiting)."""
+    head = f"PUT {UPLOAD} HTTP/1.1\r\nHost: x\r\n"
+    if how == "chunked":
+        pieces, at, size = [], 0, 1
+        while at < len(body):
+            piece = body[at:at + size]
+            pieces.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+            at += len(piece)
+            size = size * 7 % 300_001 + 1
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"".join(pieces) + \
+            b"0\r\n\r\n"
+    if how == "expect":
+        head += "Expect: 100-continue\r\n"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _upload(port: int, body: bytes, how: str = "length") -> dict[str, object]:
+    with connect(port, timeout=60) as sock:
+        sock.sendall(_request(body, how))
+        responses, _ = read_responses(sock, 2 if how == "expect" else 1, timeout=60)
+    final = responses[-1]
+    assert final.status == 200, final
+    answer: dict[str, object] = json.loads(final.body)
+    return answer
+
+
+def _check(port: int, body: bytes, how: str = "length") -> None:
+    answer = _upload(port, body, how)
+    assert answer == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}, how
+
+
+def _hello(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(get("/"))
+        [response], _ = read_responses(sock, 1)
+    assert response.status == 200 and response.body == b"Hello, world!\n"
+
+
+def test_uploads_go_through_the_ring_whole_in_every_shape(stack):
+    """1. a front and one sync worker (default settings): the worker offers its ring, the
+    front takes it (logged) 2. uploads of 1 B to 3 MiB with Content-Length (a piece that
+    fills a slot, one byte more), chunked in odd pieces, and with Expect: 100-continue:
+    every byte arrives, in order 3. the metric of ring bytes grew by at least the
+    Content-Length bodies past their first read 4. a GET after them is served."""
+    front, handler, port = stack.serve(front_args=("--metrics-bind", "127.0.0.1:0"))
+    front.wait_for_log(r"Worker \d+@\S+ shares a body ring: 4 request\(s\) of 8 pieces of "
+                       r"256 KiB")
+    metrics_port = int(front.wait_for_log(r"Metrics at: http://[\d.]+:(\d+)").group(1))
+    before = _metric(metrics_port, "body_ring_bytes_total")
+    sizes = (1, 65535, 262144, 262145, 1 << 20, 3 * (1 << 20) + 7)
+    for size in sizes:
+        _check(port, os.urandom(size))
+    _check(port, os.urandom(2 << 20), "chunked")
+    _check(port, os.urandom(1 << 20), "expect")
+    grown = _metric(metrics_port, "body_ring_bytes_total") - before
+    assert grown >= (3 << 20), f"only {grown} bytes went through the ring"
+    _hello(port)
+
+
+def test_concurrent_uploads_past_the_ring_share_it_and_go_inline(stack):
+    """1. a gevent worker with a ring of 2 requests and a window of 2 (a slot is reused
+    every 2 pieces) 2. eight clients upload 2 MiB each at once: at most 2 go through the
+    ring at a time, the rest in messages; every upload arrives whole and unmixed 3. the
+    same again, to reuse groups that were freed 4. a GET is served."""
+    front, handler, port = stack.serve(
+        handler_args=("--worker-class", "gevent", "--body-ring", "2", "--window", "2"))
+    front.wait_for_log(r"shares a body ring: 2 request\(s\) of 2 pieces")
+    failures: list[BaseException] = []
+
+    def run(body: bytes) -> None:
+        try:
+            _check(port, body)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    for _ in range(2):
+        bodies = [os.urandom(2 << 20) for _ in range(8)]
+        threads = [threading.Thread(target=run, args=(body,)) for body in bodies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures
+    _hello(port)
+
+
+def test_a_worker_or_front_with_body_ring_0_sends_bodies_in_messages(stack):
+    """``--body-ring 0`` on the worker: it offers no ring; on the front: it takes none.
+    Uploads arrive whole either way."""
+    front, handler, port = stack.serve(handler_args=("--body-ring", "0"))
+    body = os.urandom(1 << 20)
+    _check(port, body)
+    assert "shares a body ring" not in front.log()
+    other, _, other_port = stack.serve(front_args=("--body-ring", "0"))
+    _check(other_port, body)
+    assert "shares a body ring" not in other.log()
+
+
+def test_a_worker_killed_mid_upload_takes_its_ring_with_it(stack):
+    """1. a front and a pool of one worker 2. an upload that the app reads slowly, its
+    body in the ring 3. SIGKILL of the worker: the front unmaps the ring with the worker
+    (the client gets 502: a PUT that ran cannot be replayed) 4. the pool's next worker
+    offers a new ring, and uploads through it arrive whole."""
+    front, handler, port = stack.serve()
+    front.wait_for_log(r"shares a body ring", count=1)
+    mark = stack.tmp_path / "reading"
+    pid = {}
+
+    def upload_slowly() -> None:
+        with connect(port, timeout=60) as sock:
+            body = b"z" * (8 << 20)
+            sock.sendall(f"PUT /upload?mark={mark} HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode())
+            try:
+                sock.sendall(body[:1 << 20])
+                poll_until(mark.exists, 20, message="the app to read")
+                pid["worker"] = int(mark.read_text().split()[0])
+                os.kill(pid["worker"], signal.SIGKILL)
+                sock.sendall(body[1 << 20:])
+            except OSError:
+                pass  # the front may close the connection before all of it is sent
+            try:
+                responses, _ = read_responses(sock, 1, timeout=30)
+            except (OSError, AssertionError):
+                responses = []
+            pid["status"] = responses[0].status if responses else 0
+
+    client = threading.Thread(target=upload_slowly)
+    client.start()
+    client.join(60)
+    assert pid.get("status") in (0, 502), pid
+    front.wait_for_log(rf"Worker {pid['worker']}@\S+ lost")
+    front.wait_for_log(r"shares a body ring", count=2)
+    _check(port, os.urandom(3 << 20))
+    _hello(port)
+
+
+# -- raw workers -------------------------------------------------------------------------------
+
+class RawWorker:
+    """A DEALER that says READY (capacity 1, window 4) from this host and offers what the
+    test gives it; it serves one upload at a time by hand (``serve_upload``)."""
+
+    WINDOW = 4
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, pid: int) -> None:
+        self.pid = pid
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.send(protocol.encode_ready(1, self.WINDOW, pid, HOST))
+        self.ring: WorkerRing | None = None
+        self.kinds: list[int] = []  # of the body records of the last upload
+
+    def send(self, record: bytes) -> None:
+        self.sock.send(protocol.frame([record]))
+
+    def records(self, timeout: float) -> Iterator[protocol.Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "the front sent nothing in time"
+            if self.sock.poll(int(left * 1000)):
+                yield from protocol.split_frame(self.sock.recv())
+
+    def serve_upload(self, timeout: float = 30.0) -> bytes:
+        """Take a REQUEST, grant a window, take its body (BODY or BODY_AT, granting one
+        per piece taken) until END, answer 200; return the body."""
+        rid = 0
+        body = []
+        self.kinds = []
+        for record in self.records(timeout):
+            if record.kind == protocol.REQUEST:
+                rid = record.rid
+                body.append(protocol.decode_request(record.payload).body)
+                self.send(protocol.encode_credit(rid, self.WINDOW))
+            elif record.kind in (protocol.BODY, protocol.BODY_AT) and record.rid == rid:
+                self.kinds.append(record.kind)
+                if record.kind == protocol.BODY:
+                    body.append(record.payload)
+                else:
+                    assert self.ring is not None, "BODY_AT to a worker without a ring"
+                    piece = self.ring.read(record.payload)
+                    assert piece is not None, "BODY_AT names no slot"
+                    body.append(piece)
+                self.send(protocol.encode_credit(rid, 1))
+            elif record.kind == protocol.END and record.rid == rid:
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                self.send(protocol.encode_response(rid, protocol.RESP_END, head))
+                return b"".join(body)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self.ring is not None:
+            self.ring.close()
+
+
+def _put_async(port: int, body: bytes, statuses: list[int]) -> threading.Thread:
+    def run() -> None:
+        with connect(port, timeout=60) as sock:
+            sock.sendall(_request(body, "length"))
+            [response], _ = read_responses(sock, 1, timeout=60)
+            statuses.append(response.status)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _serve_one(raw: RawWorker, port: int, size: int = 3 << 20) -> list[int]:
+    """One upload through ``raw``: the bytes arrive whole; the kinds of its body records."""
+    body = os.urandom(size)
+    statuses: list[int] = []
+    client = _put_async(port, body, statuses)
+    got = raw.serve_upload()
+    client.join(60)
+    assert got == body and statuses == [200]
+    return raw.kinds
+
+
+def _memfd(slots: int, header: bytes, seals: int) -> int:
+    fd = os.memfd_create("hostile-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, RING_HEADER + slots * 262144)
+    os.pwrite(fd, header, 0)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_a_raw_worker_gets_its_body_through_its_ring_and_cannot_shrink_it(stack):
+    """1. a raw worker offers a real ring of its own: the front takes it 2. a 3 MiB
+    upload: every piece after the first comes as BODY_AT naming a slot of the ring (at most
+    a window of slots in use), and the bytes read from the slots are the body 3. the ring
+    is sealed: the worker cannot shrink it under the front's mapping 4. a second RING on
+    the same connection is dropped and logged; the ring in use stays."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    raw = RawWorker(ctx, endpoint, 4301)
+    try:
+        front.wait_for_log(r"Worker 4301@\S+ connected")
+        raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+        raw.send(raw.ring.offer(os.getpid()))
+        front.wait_for_log(r"Worker 4301@\S+ shares a body ring: 2 request\(s\) of 4 pieces")
+        kinds = _serve_one(raw, port)
+        assert kinds.count(protocol.BODY_AT) >= 10, kinds
+        with pytest.raises(PermissionError):
+            os.ftruncate(raw.ring.fd, RING_HEADER)
+        raw.send(raw.ring.offer(os.getpid()))
+        front.wait_for_log(r"Dropped a second RING from <worker 4301")
+        assert _serve_one(raw, port).count(protocol.BODY_AT) >= 10
+    finally:
+        raw.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("case", ["unsealed", "nonce", "file", "replay", "pid"])
+def test_an_offer_that_fails_a_check_is_refused_and_bodies_go_in_messages(stack, case):
+    """A raw worker offers a ring that fails one check: a memfd that may shrink, one whose
+    header holds another nonce, a file on disk, another worker's ring (the offer replayed),
+    a pid with no such descriptor. The front refuses it (logged with the reason), sends
+    that worker's upload in BODY records, and serves on."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    owner: RawWorker | None = None
+    raw = RawWorker(ctx, endpoint, 4401)
+    closing: list[int] = []
+    try:
+        front.wait_for_log(r"Worker 4401@\S+ connected")
+        nonce = b"k" * 16
+        if case == "unsealed":
+            fd = _memfd(8, RING_MAGIC + nonce, 0)
+            closing.append(fd)
+            offer = protocol.encode_ring(os.getpid(), fd, 8, 262144, nonce)
+            reason = "not sealed against shrinking"
+        elif case == "nonce":
+            fd = _memfd(8, RING_MAGIC + nonce, fcntl.F_SEAL_SHRINK)
+            closing.append(fd)
+            offer = protocol.encode_ring(os.getpid(), fd, 8, 262144, b"j" * 16)
+            reason = "does not hold the ring offered"
+        elif case == "file":
+            path = stack.tmp_path / "ring"
+            path.write_bytes(RING_MAGIC + nonce + bytes(RING_HEADER - 48 + 8 * 262144))
+            fd = os.open(path, os.O_RDWR)
+            closing.append(fd)
+            offer = protocol.encode_ring(os.getpid(), fd, 8, 262144, nonce)
+            reason = "is no memfd"
+        elif case == "replay":
+            owner = RawWorker(ctx, endpoint, 4402)
+            front.wait_for_log(r"Worker 4402@\S+ connected")
+            owner.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+            offer = owner.ring.offer(os.getpid())
+            owner.send(offer)
+            front.wait_for_log(r"Worker 4402@\S+ shares a body ring")
+            reason = "another worker's ring"
+        else:
+            offer = protocol.encode_ring(2 ** 31, 3, 8, 262144, nonce)
+            reason = "No such file"
+        raw.send(offer)
+        front.wait_for_log(rf"Refused the body ring of <worker 4401\S* [^\n]*(?:{reason})")
+        if owner is not None:  # the ring's owner leaves, so the upload goes to ``raw``
+            owner.close()
+            owner = None
+            front.wait_for_log(r"Worker 4402@\S+ lost")
+        kinds = _serve_one(raw, port)
+        assert set(kinds) == {protocol.BODY}, kinds
+        assert "Worker 4401" not in "".join(
+            line for line in front.log().splitlines() if "shares a body ring" in line)
+    finally:
+        raw.close()
+        if owner is not None:
+            owner.close()
+        ctx.term()
+        for fd in closing:
+            os.close(fd)
+
+
+def test_a_malformed_ring_offer_is_dropped_and_the_worker_serves_on(stack):
+    """A RING whose slots are no whole pages is malformed: dropped and logged; the worker
+    still serves, its bodies in BODY records."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    raw = RawWorker(ctx, endpoint, 4501)
+    try:
+        front.wait_for_log(r"Worker 4501@\S+ connected")
+        raw.send(protocol.RECORD_HEAD.pack(protocol.RING, 0, protocol.RING_HEAD.size)
+                 + protocol.RING_HEAD.pack(os.getpid(), 3, 8, 100, bytes(16)))
+        front.wait_for_log(r"Dropped a malformed RING from <worker 4501")
+        assert set(_serve_one(raw, port, 1 << 20)) == {protocol.BODY}
+    finally:
+        raw.close()
+        ctx.term()
