@@ -102,16 +102,29 @@ class WorkerRing:
         """The RING record that offers this ring to a front."""
         return protocol.encode_ring(pid, self.fd, self.slots, self.slot_size, self.nonce)
 
-    def read(self, payload: bytes) -> bytes | None:
-        """The piece a BODY_AT payload names, copied out; None if it names no slot of this
-        ring or is longer than one."""
+    def locate(self, payload: bytes) -> tuple[WorkerRing, int, int] | None:
+        """Where the piece a BODY_AT payload names lies: (this ring, its first byte, its
+        length), for ``take``; None if it names no slot of this ring or is longer than
+        one."""
         if len(payload) != protocol.BODY_AT_HEAD.size:
             return None
         slot, length = _unpack_body_at(payload)
         if slot >= self.slots or length > self.slot_size:
             return None
-        start = RING_HEADER + slot * self.slot_size
+        return self, RING_HEADER + slot * self.slot_size, length
+
+    def take(self, start: int, length: int) -> bytes:
+        """A copy of the piece at ``start``; ValueError once the ring is closed."""
         return self.mm[start:start + length]
+
+    def read(self, payload: bytes) -> bytes | None:
+        """The piece a BODY_AT payload names, copied out now; None if it names no slot."""
+        where = self.locate(payload)
+        return None if where is None else self.take(where[1], where[2])
+
+    @property
+    def closed(self) -> bool:
+        return self.mm.closed
 
     def close(self) -> None:
         self.mm.close()

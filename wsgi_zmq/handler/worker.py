@@ -163,7 +163,9 @@ class Request(ABC):
         self.payload = payload
         self.window = 0  # data records we may send beyond the credit granted
         self.credit = 0
-        self.body: collections.deque[bytes] = collections.deque()  # BODY records (HTTP)
+        # the body's pieces (HTTP): BODY payloads, and where BODY_AT pieces lie in the ring
+        self.body: collections.deque[bytes | tuple[WorkerRing, int, int]] = \
+            collections.deque()
         self.body_done = False
         self.consumed = 0
         self.granted = False  # the app started reading a streamed body (HTTP)
@@ -731,13 +733,15 @@ class Worker:
             if kind == BODY:
                 req.body.append(payload)
             elif kind == BODY_AT:
-                piece = front.ring.read(payload) if front.ring is not None else None
-                if piece is None:
+                # the piece stays in its slot until the app takes it (``read_body``), which
+                # copies it out before granting the credit that lets the front reuse it
+                where = front.ring.locate(payload) if front.ring is not None else None
+                if where is None:
                     log.warning("Dropped a BODY_AT from %s that names no slot of this "
                                 "connection's ring; the request is cut", front.endpoint)
                     req.cancelled = True
                 else:
-                    req.body.append(piece)
+                    req.body.append(where)
             elif kind == END:
                 req.body_done = True
             elif kind == CREDIT:

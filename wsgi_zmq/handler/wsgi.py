@@ -639,11 +639,18 @@ class HttpRequest(Request):
                 self._grant()
                 worker.flush(self.front)
                 worker.block(self)
+            piece = self.body.popleft()
+            if isinstance(piece, tuple):  # in the ring: copy it out before any credit for it
+                ring, start, length = piece
+                if ring.closed:
+                    raise ClientDisconnected("the front went away before sending the whole "
+                                             "body")
+                piece = ring.take(start, length)
             self.consumed += 1
             if self.consumed >= max(1, worker.cfg.window // 2):
                 self._grant()
                 worker.flush(self.front)  # at once: the front reads the client only on credit
-            return self.body.popleft()
+            return piece
         finally:
             worker.quiet -= 1
 
