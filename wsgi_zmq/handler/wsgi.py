@@ -642,7 +642,9 @@ class HttpRequest(Request):
             piece = self.body.popleft()
             if isinstance(piece, tuple):  # in the ring: copy it out before any credit for it
                 ring, start, length = piece
-                if ring.closed:
+                if ring.closed or self.finished:
+                    # its front went away; or its final record is out (an abort's 504), and
+                    # the front may have given the slot to another request
                     raise ClientDisconnected("the front went away before sending the whole "
                                              "body")
                 piece = ring.take(start, length)
