@@ -24,9 +24,12 @@ body is lines of ``--line-length`` bytes (0: no newline at all), sent with
 buffer; the app's answer (bytes and newlines read) is checked.
 
 Each round runs, for every size and mode, every server once, the order rotated by one each
-round. One run: the wall time from the first byte of the request to the last of the answer,
-and the CPU seconds (utime + stime from ``/proc/PID/stat``) of the worker, and of the
-wsgi_zmq front, read before and after it. The table shows medians over rounds and the
+round. One run: uploads of the size back to back, as many as make 16 MiB (16 of 1 MiB, 2 of
+10 MiB, 1 of 100 MiB: one upload of 1 MiB takes a few milliseconds, and its time moves by as
+much from one round to the next); the median of their wall times, from the first byte of a
+request to the last of its answer, and the CPU seconds per upload (utime + stime from
+``/proc/PID/stat``) of the worker, and of the wsgi_zmq front, read before and after the
+run. The table shows medians over rounds and the
 ratios wsgi_zmq / gunicorn; the target is a time ratio of at most 1.5 in every row. Exit
 status 1 if a row misses it or a run failed.
 """
@@ -70,6 +73,9 @@ START_SECONDS = 30.0
 #: a socket operation that makes no progress for this long fails the run
 IO_TIMEOUT = 60.0
 SEND_SIZE = 1 << 20
+#: Bytes uploaded per run at least (``repeats``): 16 uploads of 1 MiB, 2 of 10 MiB, 1 of
+#: 100 MiB.
+RUN_BYTES = 16 << 20
 WARMUP_SIZE = 1 << 16
 SERVER_ARGS = ["--timeout", "120"]
 
@@ -167,21 +173,34 @@ def answer_end(data: bytes) -> int:
     return 1 << 62  # read to the close
 
 
+def repeats(size: int) -> int:
+    """How many uploads one run makes of ``size`` bytes: enough for ``RUN_BYTES``. A run
+    of one small upload is a few milliseconds, and its time moves by as much from one
+    round to the next; the median of several, back to back, does not."""
+    return max(1, -(-RUN_BYTES // size))
+
+
 def measure(target: Target, mode: str, body: bytes, lines: int) -> dict[str, Any]:
-    """One upload: wall seconds, and CPU seconds of each process of ``target.pids``."""
+    """One run: ``repeats`` uploads, back to back; the median of their wall seconds, and
+    the CPU seconds per upload of each process of ``target.pids``."""
+    count = repeats(len(body))
     before = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
-    elapsed, answer = put(target.url, MODES[mode], body, 60 + len(body) / MIB)
+    times = []
+    for _ in range(count):
+        elapsed, answer = put(target.url, MODES[mode], body, 60 + len(body) / MIB)
+        if answer != {"length": len(body), "lines": lines}:
+            raise BenchError(f"{target.name} {mode}: the app read {answer}, not "
+                             f"{len(body)} bytes in {lines} lines")
+        times.append(elapsed)
     after = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
-    if answer != {"length": len(body), "lines": lines}:
-        raise BenchError(f"{target.name} {mode}: the app read {answer}, not "
-                         f"{len(body)} bytes in {lines} lines")
+    elapsed = statistics.median(times)
     cpu = {}
     for role in target.pids:
         b, a = before[role], after[role]
         if b is None or a is None:
             raise BenchError(f"{target.name}: the {role} ({target.pids[role]}) is gone\n"
                              f"{target.server.tail()}")
-        cpu[role] = a - b
+        cpu[role] = (a - b) / count
     return {"seconds": elapsed, "cpu": cpu}
 
 
@@ -222,29 +241,29 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
-    print(f"Medians over {args.rounds} rounds; seconds of wall time (first byte of the "
-          "request to the last of the answer) and of worker CPU; ratio = wsgi_zmq / "
+    print(f"Medians over {args.rounds} rounds; milliseconds of wall time (first byte of the "
+          "request to the last of the answer) and of CPU per upload; ratio = wsgi_zmq / "
           f"gunicorn. Target: time ratio <= {TARGET}. Body: "
           + (f"lines of {args.line_length} bytes." if args.line_length else "no newlines."))
-    header = (f"{'size':>7} {'mode':<12}| {'wsgi_zmq s':>10}{'worker cpu':>11}{'front cpu':>10}"
-              f" | {'gunicorn s':>10}{'worker cpu':>11} | {'time x':>7}{'cpu x':>7} | target"
-              + (f" | {'base s':>8}{'x base':>7}" if args.baseline else ""))
+    header = (f"{'size':>7} {'mode':<12}| {'wsgi_zmq':>10}{'worker cpu':>11}{'front cpu':>10}"
+              f" | {'gunicorn':>10}{'worker cpu':>11} | {'time x':>7}{'cpu x':>7} | target"
+              + (f" | {'base':>8}{'x base':>7}" if args.baseline else ""))
     print()
     print(header)
     print("-" * len(header))
     for row in rows:
         z, g = row.get("wsgi_zmq"), row.get("gunicorn")
         cells = [f"{row['size'] // MIB:>4} MiB {row['mode']:<12}|"]
-        cells.append(f" {fmt(z['seconds'], 3):>10}{fmt(z['cpu']['worker']):>11}"
-                     f"{fmt(z['cpu']['front']):>10} |" if z else f" {'-':>31} |")
-        cells.append(f" {fmt(g['seconds'], 3):>10}{fmt(g['cpu']['worker']):>11} |"
+        cells.append(f" {fmt(z['seconds'] * 1e3):>10}{fmt(z['cpu']['worker'] * 1e3):>11}"
+                     f"{fmt(z['cpu']['front'] * 1e3):>10} |" if z else f" {'-':>31} |")
+        cells.append(f" {fmt(g['seconds'] * 1e3):>10}{fmt(g['cpu']['worker'] * 1e3):>11} |"
                      if g else f" {'-':>21} |")
         ratio = row.get("time_ratio")
         verdict = "-" if ratio is None else "ok" if ratio <= TARGET else "OVER"
         cells.append(f" {fmt(ratio):>7}{fmt(row.get('cpu_ratio')):>7} | {verdict}")
         if args.baseline:
             base = row.get("base")
-            cells.append(f" | {fmt(base['seconds'], 3) if base else '-':>8}"
+            cells.append(f" | {fmt(base['seconds'] * 1e3) if base else '-':>8}"
                          f"{fmt(row.get('base_ratio')):>7}")
         print("".join(cells))
 

@@ -378,3 +378,130 @@ def test_a_malformed_ring_offer_is_dropped_and_the_worker_serves_on(stack):
     finally:
         raw.close()
         ctx.term()
+
+
+# -- early credit -------------------------------------------------------------------------------
+
+def _body_records(raw: RawWorker, seconds: float) -> list[protocol.Record]:
+    """Every record the front sends ``raw`` for ``seconds``, in order (no deadline fails)."""
+    got: list[protocol.Record] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if raw.sock.poll(int(left * 1000)):
+            got.extend(r for r in protocol.split_frame(raw.sock.recv())
+                       if r.kind != protocol.HEARTBEAT)
+    return got
+
+
+def _ringed(ctx: zmq.Context, endpoint: str, front, pid: int) -> RawWorker:
+    raw = RawWorker(ctx, endpoint, pid)
+    front.wait_for_log(rf"Worker {pid}@\S+ connected")
+    raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+    raw.send(raw.ring.offer(os.getpid()))
+    front.wait_for_log(rf"Worker {pid}@\S+ shares a body ring")
+    return raw
+
+
+def test_early_pieces_count_against_the_first_credit_and_come_back_after_reject(stack):
+    """1. a raw worker with a ring (window 4 of 256 KiB); a client PUTs 3 MiB 2. before the
+    worker grants anything, the first pieces of the body come in BODY_AT records (early
+    credit: at most 1 MiB, and at most its window), then nothing more 3. the worker hands
+    the request back (REJECT) without reading a byte; a second raw worker, with a ring of
+    its own, gets the REQUEST and the same first pieces again, early 4. its first CREDIT
+    (its window) counts the pieces already sent: no more come until it grants more, and
+    then exactly as many as it grants 5. it takes the rest; the body is the client's, and
+    the client gets the second worker's 200 6. the front serves on (its invariants held
+    throughout: ``Dispatcher.check`` asserts the early credit)."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    first = _ringed(ctx, endpoint, front, 4601)
+    second: RawWorker | None = None
+    try:
+        body = os.urandom(3 << 20)
+        statuses: list[int] = []
+        client = _put_async(port, body, statuses)
+        records = _body_records(first, 1.0)
+        [request] = [r for r in records if r.kind == protocol.REQUEST]
+        early = [r for r in records if r.kind == protocol.BODY_AT]
+        assert 1 <= len(early) <= RawWorker.WINDOW, records
+        assert not [r for r in records if r.kind == protocol.BODY], "early BODY, not BODY_AT"
+        assert first.ring is not None
+        start = protocol.decode_request(request.payload).body
+        seen = start + b"".join(first.ring.read(r.payload) or b"!" for r in early)
+        assert 0 < len(seen) - len(start) <= 1 << 20 and body.startswith(seen)
+        second = _ringed(ctx, endpoint, front, 4602)
+        first.send(protocol.encode_signal(protocol.REJECT, request.rid))
+        records = _body_records(second, 1.0)
+        [again] = [r for r in records if r.kind == protocol.REQUEST]
+        early = [r for r in records if r.kind == protocol.BODY_AT]
+        assert second.ring is not None and early
+        body_again = protocol.decode_request(again.payload).body + b"".join(
+            second.ring.read(r.payload) or b"!" for r in early)
+        assert body.startswith(body_again) and len(body_again) >= len(seen)
+        second.send(protocol.encode_credit(again.rid, RawWorker.WINDOW))
+        assert not [r for r in _body_records(second, 0.3) if r.kind == protocol.BODY_AT], \
+            "the first CREDIT did not count the early pieces"
+        got = [body_again]
+        granted = 1
+        second.send(protocol.encode_credit(again.rid, granted))
+        ended = False
+        while not ended:
+            for record in second.records(20):
+                if record.kind == protocol.BODY_AT:
+                    got.append(second.ring.read(record.payload) or b"!")
+                    second.send(protocol.encode_credit(again.rid, 1))
+                elif record.kind == protocol.END:
+                    ended = True
+                    break
+        assert b"".join(got) == body
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        second.send(protocol.encode_response(again.rid, protocol.RESP_END, head))
+        client.join(30)
+        assert statuses == [200]
+        first.close()  # so that the next upload goes to ``second``
+        front.wait_for_log(r"Worker 4601@\S+ lost")
+        assert _serve_one(second, port, 1 << 20).count(protocol.BODY_AT) >= 3
+    finally:
+        if not first.sock.closed:
+            first.close()
+        if second is not None:
+            second.close()
+        ctx.term()
+
+
+def test_a_client_that_waits_for_100_continue_gets_no_early_credit(stack):
+    """A PUT with Expect: 100-continue to a worker with a ring: the front sends the worker
+    only the REQUEST and the client no 100 Continue until the worker's CREDIT; then both."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    raw = _ringed(ctx, endpoint, front, 4701)
+    try:
+        with connect(port, timeout=30) as sock:
+            sock.sendall(b"PUT /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                         b"Content-Length: 1048576\r\n\r\n")
+            records = _body_records(raw, 0.5)
+            [request] = [r for r in records if r.kind == protocol.REQUEST]
+            assert [r.kind for r in records] == [protocol.REQUEST], records
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(100)
+            raw.send(protocol.encode_credit(request.rid, RawWorker.WINDOW))
+            sock.settimeout(10)
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(b"c" * (1 << 20))
+            got = protocol.decode_request(request.payload).body
+            for record in raw.records(20):
+                if record.kind == protocol.BODY_AT:
+                    assert raw.ring is not None
+                    got += raw.ring.read(record.payload) or b"!"
+                    raw.send(protocol.encode_credit(request.rid, 1))
+                elif record.kind == protocol.END:
+                    break
+            assert got == b"c" * (1 << 20)
+            raw.send(protocol.encode_response(
+                request.rid, protocol.RESP_END, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+            [response], _ = read_responses(sock, 1)
+            assert response.status == 200
+    finally:
+        raw.close()
+        ctx.term()

@@ -256,11 +256,17 @@ class Exchange:
     request that has not started has received nothing but its REQUEST record and can be
     sent to another worker. The dispatcher sets ``worker`` while a worker holds it and keeps
     ``body_credit`` (BODY records the worker will take).
+
+    A sink that keeps a copy of every piece it sends before the worker's first CREDIT, and
+    sends them again after a REJECT or a worker's loss, sets ``presend``: given to a worker
+    with a body ring and a free group in it, such an exchange gets credit for the first
+    pieces at once (``early``), so its body flows while the worker starts the app; the
+    worker's first CREDIT then counts the pieces already sent.
     """
 
     __slots__ = ("rid", "sink", "record", "state", "worker", "replayable", "body_complete",
                  "attempts", "losses", "body_sent", "deadline", "wait_deadline",
-                 "body_credit", "queued_at", "service", "job")
+                 "body_credit", "queued_at", "service", "job", "presend", "early")
 
     def __init__(self, rid: int, sink: Sink, service: str = HTTP) -> None:
         self.rid = rid
@@ -284,6 +290,8 @@ class Exchange:
         self.wait_deadline = 0.0
         self.body_credit = 0
         self.queued_at = 0.0
+        self.presend = False
+        self.early = False  # the credit it has is the front's, before the worker's first
 
     def move(self, state: int) -> None:
         """Change state, or raise ``StateError`` if ``TRANSITIONS`` does not allow it."""
@@ -918,6 +926,11 @@ class Dispatcher:
                     assert slot.worker is peer, f"{slot!r} in a slot of {peer!r}, not its"
                     assert slot.service == peer.lane.service, f"{slot!r} crossed lanes"
                     assert slot.body_credit >= 0, f"{slot!r}: more BODY sent than granted"
+                    if slot.early:
+                        assert slot.presend and peer.ring is not None and \
+                            slot.rid in peer.ring.held, f"{slot!r}: early credit, no group"
+                        assert slot.body_sent + slot.body_credit <= peer.ring.early, \
+                            f"{slot!r}: sent past its early credit"
             if peer.ring is not None:
                 assert self.rings.get(peer.ring.key) is peer, f"{peer!r}: its ring unfiled"
                 peer.ring.check(peer.slots)
@@ -963,6 +976,11 @@ class Dispatcher:
         ex.deadline = self.clock() + self.request_timeout
         ex.body_credit = 0
         ex.body_sent = 0
+        ex.early = False
+        ring = peer.ring
+        if ex.presend and ring is not None and ring.slot(ex.rid, 0) >= 0:
+            ex.body_credit = min(peer.window, ring.early)
+            ex.early = True
         now = self.clock()
         peer.busy += (now - peer.changed) * len(peer.slots)
         peer.changed = now
@@ -1281,7 +1299,11 @@ class Dispatcher:
                                                "answer"))
         elif kind == CREDIT:
             count = protocol.decode_credit(payload)
-            credit = ex.body_credit + count
+            if ex.early:  # the worker's first: it counts the pieces sent before it
+                ex.early = False
+                credit = max(0, count - ex.body_sent)
+            else:
+                credit = ex.body_credit + count
             if credit > peer.window:
                 # a worker never has more outstanding than its window: no peer makes the
                 # front buffer more of a body than that

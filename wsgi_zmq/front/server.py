@@ -105,7 +105,7 @@ class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
     __slots__ = ("head", "pending", "request_done", "end_sent", "continue_wanted",
-                 "continue_sent", "discarded", "status", "read_at", "stick_to")
+                 "continue_sent", "discarded", "status", "read_at", "stick_to", "kept")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -119,6 +119,9 @@ class HttpExchange(Exchange):
         self.continue_sent = False
         self.discarded = -1  # >= 0 while the rest of an answered request's body is skipped
         self.stick_to: str | None = None  # the version its answer's sticky cookie names
+        # copies of the pieces sent under early credit (``Exchange.presend``), until the
+        # worker's first CREDIT: a request handed back gets them again
+        self.kept: list[bytes] = []
 
 
 # -- connection phases ---------------------------------------------------------------------
@@ -241,6 +244,8 @@ class Connection:
         current = self.current
         if current is not None:
             assert current.state not in (NEW, DONE), f"current {current!r}"
+            assert not current.kept or current.early or current.worker is None, \
+                f"{current!r} keeps pieces its worker has taken"
         if phase == OPEN:
             assert self.reading == self._wants_to_read(), "reading out of step"
             if self.refusal is not None:
@@ -345,19 +350,30 @@ class Connection:
         is copied once, by the kernel, on its way to the worker. Returns the bytes read; 0
         if ``ex`` holds no group of the ring and none is free (read it the usual way); -1
         if the turn's reading is over (nothing more to read, or the connection ended)."""
-        slot = ring.slot(ex.rid, ex.body_sent)
-        if slot < 0:
-            return 0
-        view = ring.view(slot)
-        try:
-            got = self.sock.recv_into(view, min(left, ring.slot_size))
-        except _READ_AGAIN:
-            return -1
-        except OSError as exc:
-            self._read_failed(exc)
-            return -1
-        finally:
-            view.release()
+        size = min(left, ring.slot_size)
+        if ex.early:  # read into a piece of our own: it is kept until the worker's CREDIT
+            try:
+                data = self.sock.recv(size)
+            except _READ_AGAIN:
+                return -1
+            except OSError as exc:
+                self._read_failed(exc)
+                return -1
+            got = len(data)
+        else:
+            slot = ring.slot(ex.rid, ex.body_sent)
+            if slot < 0:
+                return 0
+            view = ring.view(slot)
+            try:
+                got = self.sock.recv_into(view, size)
+            except _READ_AGAIN:
+                return -1
+            except OSError as exc:
+                self._read_failed(exc)
+                return -1
+            finally:
+                view.release()
         if not got:
             self.close()
             return -1
@@ -365,7 +381,11 @@ class Connection:
         if server.metrics is not None:
             server.metrics.received += got
         self.last_active = server.loop.now()
-        server.dispatcher.send_at(ex, slot, got)
+        if ex.early:
+            server.dispatcher.send_body(ex, data)
+            ex.kept.append(data)
+        else:
+            server.dispatcher.send_at(ex, slot, got)
         self.parser.took_raw(got)  # on_request_end follows the last piece
         self._update_reading()
         return got
@@ -415,6 +435,8 @@ class Connection:
             return
         if ex.worker is not None and not ex.pending and ex.body_credit > 0:
             self.server.dispatcher.send_body(ex, data)
+            if ex.early:
+                ex.kept.append(data)
         else:
             ex.pending.append(data)
 
@@ -465,6 +487,8 @@ class Connection:
                 flags |= REQ_CHUNKED
             if not _skippable(ex):
                 flags |= REQ_CLOSE_IF_UNREAD
+            # a client that waits for 100 Continue sends nothing before the worker's CREDIT
+            ex.presend = not ex.continue_wanted
         listener = self.listener
         scheme = listener.scheme
         if self.trusted and server.secure_headers:
@@ -511,17 +535,25 @@ class Connection:
 
     def on_body_credit(self, ex: Exchange, count: int) -> None:
         assert isinstance(ex, HttpExchange)
+        pending = ex.pending
         if not count:  # a worker took it anew: it needs the body's END too, after its credit
             ex.end_sent = False
+            if ex.kept:  # what the worker before it had under early credit, first
+                pending.extendleft(reversed(ex.kept))
+                ex.kept = []
+        elif not ex.early:
+            ex.kept = []  # the worker's own credit: it started, and has those pieces
         if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
             self._write(_CONTINUE)
         dispatcher = self.server.dispatcher
-        pending = ex.pending
         while pending and ex.body_credit > 0:
-            dispatcher.send_body(ex, pending.popleft())
-        if ex.request_done and not pending and ex.worker is not None and count \
-                and not ex.end_sent:
+            piece = pending.popleft()
+            dispatcher.send_body(ex, piece)
+            if ex.early:
+                ex.kept.append(piece)
+        if ex.request_done and not pending and ex.worker is not None and \
+                (count or ex.early) and not ex.end_sent:
             self._end_body(ex)
         if ex is self.parsing:
             self._update_reading()

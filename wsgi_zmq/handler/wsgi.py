@@ -630,6 +630,8 @@ class HttpRequest(Request):
                 self.granted = True
                 if self.payload and self.payload[0] & REQ_EXPECT:
                     self._post(protocol.encode_credit(self.rid, worker.cfg.window))
+                    if self.body:  # pieces came early: the front waits on this to send on
+                        worker.flush(self.front)
             while not self.body:
                 if self.body_done:
                     return b""
