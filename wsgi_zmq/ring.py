@@ -52,10 +52,11 @@ MAX_GROUPS: Final = 64
 #: (``bench/upload.py``), and 512 KiB slots were no faster.
 RING_SLOT: Final = 256 << 10
 #: How much of a body the front sends into a group before the worker's first CREDIT
-#: (``Exchange.presend``): about what arrives on loopback while the worker starts the
-#: app, so the client's bytes keep flowing (without it, a 1 MiB upload waited for that
-#: round trip with the kernel's receive window full). The front keeps a copy of these
-#: pieces until that CREDIT, to send them again if the worker hands the request back.
+#: (``Exchange.presend``), in at most a window of pieces: about what arrives on loopback
+#: while the worker starts the app, so the client's bytes keep flowing (without it, a
+#: 1 MiB upload waited for that round trip with the kernel's receive window full). The
+#: front keeps a copy of these pieces until that CREDIT, to send them again if the worker
+#: hands the request back; the last one may pass the bound by less than a piece.
 EARLY_BYTES: Final = 1 << 20
 
 _NONCE_AT: Final = len(RING_MAGIC)
@@ -205,8 +206,7 @@ class BodyRing:
     two make up the ring's groups, each once.
     """
 
-    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held",
-                 "early")
+    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held")
 
     def __init__(self, mm: mmap.mmap, key: tuple[int, int], slot_size: int, window: int,
                  groups: int) -> None:
@@ -218,8 +218,6 @@ class BodyRing:
         self.groups = groups
         self.free = [g * window for g in range(groups - 1, -1, -1)]
         self.held: dict[int, int] = {}
-        # pieces a request may get before its worker's first CREDIT (``EARLY_BYTES``)
-        self.early = min(window, max(1, EARLY_BYTES // slot_size))
 
     def slot(self, rid: int, index: int) -> int:
         """The slot of piece ``index`` of ``rid``'s body (taking a group for ``rid`` if it

@@ -814,6 +814,12 @@ class Dispatcher:
         self.ring_bytes += size
         self._post(peer, protocol.encode_body_at(ex.rid, slot, size))
 
+    def end_early(self, ex: Exchange) -> None:
+        """The sink sends no more of ``ex``'s body before its worker's first CREDIT (it
+        keeps copies of what it sent, and has kept enough)."""
+        if ex.early:
+            ex.body_credit = 0
+
     def end_body(self, ex: Exchange) -> None:
         """Tell the worker the request body is complete."""
         peer = ex.worker
@@ -929,7 +935,7 @@ class Dispatcher:
                     if slot.early:
                         assert slot.presend and peer.ring is not None and \
                             slot.rid in peer.ring.held, f"{slot!r}: early credit, no group"
-                        assert slot.body_sent + slot.body_credit <= peer.ring.early, \
+                        assert slot.body_sent + slot.body_credit <= peer.window, \
                             f"{slot!r}: sent past its early credit"
             if peer.ring is not None:
                 assert self.rings.get(peer.ring.key) is peer, f"{peer!r}: its ring unfiled"
@@ -979,7 +985,7 @@ class Dispatcher:
         ex.early = False
         ring = peer.ring
         if ex.presend and ring is not None and ring.slot(ex.rid, 0) >= 0:
-            ex.body_credit = min(peer.window, ring.early)
+            ex.body_credit = peer.window  # the sink stops at EARLY_BYTES (``end_early``)
             ex.early = True
         now = self.clock()
         peer.busy += (now - peer.changed) * len(peer.slots)

@@ -82,7 +82,7 @@ from wsgi_zmq.protocol import (
     RESP_CLOSE,
     RESP_END,
 )
-from wsgi_zmq.ring import BodyRing
+from wsgi_zmq.ring import EARLY_BYTES, BodyRing
 
 log = logging.getLogger("wsgi_zmq.error.front")
 
@@ -105,7 +105,8 @@ class HttpExchange(Exchange):
     """An exchange owned by an HTTP connection: the request head and its unsent body."""
 
     __slots__ = ("head", "pending", "request_done", "end_sent", "continue_wanted",
-                 "continue_sent", "discarded", "status", "read_at", "stick_to", "kept")
+                 "continue_sent", "discarded", "status", "read_at", "stick_to", "kept",
+                 "kept_bytes")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -122,6 +123,7 @@ class HttpExchange(Exchange):
         # copies of the pieces sent under early credit (``Exchange.presend``), until the
         # worker's first CREDIT: a request handed back gets them again
         self.kept: list[bytes] = []
+        self.kept_bytes = 0
 
 
 # -- connection phases ---------------------------------------------------------------------
@@ -246,6 +248,9 @@ class Connection:
             assert current.state not in (NEW, DONE), f"current {current!r}"
             assert not current.kept or current.early or current.worker is None, \
                 f"{current!r} keeps pieces its worker has taken"
+            assert current.kept_bytes == sum(map(len, current.kept)), "kept_bytes is off"
+            assert current.kept_bytes < EARLY_BYTES + max(map(len, current.kept), default=0), \
+                f"{current!r} keeps more than EARLY_BYTES"
         if phase == OPEN:
             assert self.reading == self._wants_to_read(), "reading out of step"
             if self.refusal is not None:
@@ -383,7 +388,7 @@ class Connection:
         self.last_active = server.loop.now()
         if ex.early:
             server.dispatcher.send_body(ex, data)
-            ex.kept.append(data)
+            self._keep(ex, data)
         else:
             server.dispatcher.send_at(ex, slot, got)
         self.parser.took_raw(got)  # on_request_end follows the last piece
@@ -436,7 +441,7 @@ class Connection:
         if ex.worker is not None and not ex.pending and ex.body_credit > 0:
             self.server.dispatcher.send_body(ex, data)
             if ex.early:
-                ex.kept.append(data)
+                self._keep(ex, data)
         else:
             ex.pending.append(data)
 
@@ -452,6 +457,13 @@ class Connection:
             return
         if ex.worker is not None and not ex.pending:
             self._end_body(ex)
+
+    def _keep(self, ex: HttpExchange, piece: bytes) -> None:
+        """Keep a copy of a piece sent under early credit, up to ``EARLY_BYTES``."""
+        ex.kept.append(piece)
+        ex.kept_bytes += len(piece)
+        if ex.kept_bytes >= EARLY_BYTES:
+            self.server.dispatcher.end_early(ex)
 
     def _end_body(self, ex: HttpExchange) -> None:
         self.server.dispatcher.end_body(ex)
@@ -541,8 +553,10 @@ class Connection:
             if ex.kept:  # what the worker before it had under early credit, first
                 pending.extendleft(reversed(ex.kept))
                 ex.kept = []
+                ex.kept_bytes = 0
         elif not ex.early:
             ex.kept = []  # the worker's own credit: it started, and has those pieces
+            ex.kept_bytes = 0
         if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
             self._write(_CONTINUE)
@@ -551,7 +565,7 @@ class Connection:
             piece = pending.popleft()
             dispatcher.send_body(ex, piece)
             if ex.early:
-                ex.kept.append(piece)
+                self._keep(ex, piece)
         if ex.request_done and not pending and ex.worker is not None and \
                 (count or ex.early) and not ex.end_sent:
             self._end_body(ex)
