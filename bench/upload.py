@@ -235,6 +235,13 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
     return rows
 
 
+def size_label(size: int) -> str:
+    """1 MiB, 256 KiB, 1.5 MiB."""
+    if size >= MIB:
+        return f"{size / MIB:g} MiB"
+    return f"{size / 1024:g} KiB"
+
+
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -245,7 +252,7 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           "request to the last of the answer) and of CPU per upload; ratio = wsgi_zmq / "
           f"gunicorn. Target: time ratio <= {TARGET}. Body: "
           + (f"lines of {args.line_length} bytes." if args.line_length else "no newlines."))
-    header = (f"{'size':>7} {'mode':<12}| {'wsgi_zmq':>10}{'worker cpu':>11}{'front cpu':>10}"
+    header = (f"{'size':>8} {'mode':<12}| {'wsgi_zmq':>10}{'worker cpu':>11}{'front cpu':>10}"
               f" | {'gunicorn':>10}{'worker cpu':>11} | {'time x':>7}{'cpu x':>7} | target"
               + (f" | {'base':>8}{'x base':>7}" if args.baseline else ""))
     print()
@@ -253,7 +260,7 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("-" * len(header))
     for row in rows:
         z, g = row.get("wsgi_zmq"), row.get("gunicorn")
-        cells = [f"{row['size'] // MIB:>4} MiB {row['mode']:<12}|"]
+        cells = [f"{size_label(row['size']):>8} {row['mode']:<12}|"]
         cells.append(f" {fmt(z['seconds'] * 1e3):>10}{fmt(z['cpu']['worker'] * 1e3):>11}"
                      f"{fmt(z['cpu']['front'] * 1e3):>10} |" if z else f" {'-':>31} |")
         cells.append(f" {fmt(g['seconds'] * 1e3):>10}{fmt(g['cpu']['worker'] * 1e3):>11} |"
@@ -327,14 +334,14 @@ def run(launcher: Launcher, args: argparse.Namespace, runs: list[dict[str, Any]]
         for size, body in bodies.items():
             lines = body.count(b"\n")
             for mode in args.mode_list:
-                line = [f"round {round_no + 1} {size // MIB:>4} MiB {mode:<12}"]
+                line = [f"round {round_no + 1} {size_label(size):>8} {mode:<12}"]
                 for target in order:
                     result: dict[str, Any] = {"server": target.name, "size": size,
                                               "mode": mode, "round": round_no + 1}
                     try:
                         result |= measure(target, mode, body, lines)
-                        line.append(f"{target.name} {result['seconds']:.3f} s "
-                                    f"(worker {result['cpu']['worker']:.2f})")
+                        line.append(f"{target.name} {result['seconds'] * 1e3:.2f} ms "
+                                    f"(worker {result['cpu']['worker'] * 1e3:.2f})")
                     except BenchError as exc:
                         result["error"] = str(exc)
                         line.append(f"{target.name} FAILED")

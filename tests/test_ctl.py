@@ -62,7 +62,8 @@ def worker(pid: int, state: str, capacity: int, n: int, served: int, busy: float
     return {"pid": pid, "host": "h1", "state": state, "capacity": capacity,
             "in_flight": 1 if state == "serving" else 0, "served": served * n,
             "busy_seconds": busy * n, "busy_share": 0.25, "connected_for": 10.0 * n,
-            "last_heard": 0.2, "concurrent": False, "foreign": False}
+            "last_heard": 0.2, "concurrent": False, "foreign": False,
+            "body_ring": 4 if state == "serving" else 0}
 
 
 def front_status(n: int, **extra: Any) -> dict[str, Any]:
@@ -193,11 +194,11 @@ def test_front_status_text() -> None:
     assert "\n\n" in text
     header = next(line for line in lines if line.startswith("POOL"))
     assert header.split() == ["POOL", "VERSION", "HOST", "MASTER", "PID", "STATE", "CAP",
-                              "INFLIGHT", "SERVED", "BUSY%", "HEARD"]
+                              "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING"]
     rows = lines[lines.index(header) + 1:]
     assert [row.split() for row in rows] == [
-        ["web", "1.4", "h1", "4300", "4301", "serving", "2", "1", "150", "25.0", "0.2s"],
-        ["web", "1.4", "h1", "4300", "4302", "drained", "1", "0", "60", "25.0", "0.2s"],
+        ["web", "1.4", "h1", "4300", "4301", "serving", "2", "1", "150", "25.0", "0.2s", "4"],
+        ["web", "1.4", "h1", "4300", "4302", "drained", "1", "0", "60", "25.0", "0.2s", "-"],
     ]
     assert len({len(row) for row in rows}) == 1  # aligned columns (right-aligned numbers)
 
