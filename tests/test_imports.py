@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 PURE = ["wsgi_zmq.protocol", "wsgi_zmq.config", "wsgi_zmq.handler.environ",
-        "wsgi_zmq.front.parser", "wsgi_zmq.process", "wsgi_zmq.mdp"]
+        "wsgi_zmq.front.parser", "wsgi_zmq.process", "wsgi_zmq.mdp", "wsgi_zmq.ring"]
 NO_ZMQ = ["wsgi_zmq", "wsgi_zmq.cli", "wsgi_zmq.front", "wsgi_zmq.handler", "wsgi_zmq.keys"]
 NO_GEVENT = ["wsgi_zmq.arbiter", "wsgi_zmq.client", "wsgi_zmq.handler.job"]
 
