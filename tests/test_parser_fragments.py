@@ -50,16 +50,14 @@ from hypothesis import strategies as st
 
 from support.fuzz import (
     CRLF,
-    EXTENSIONS,
     EXTRA_FIELDS,
     HOSTS,
     METHODS,
     PATHS,
     QUERIES,
-    TRAILERS,
     Message,
     connection_closes,
-    make_message,
+    framed_message,
 )
 from wsgi_zmq.front.parser import RequestHead, RequestParser
 
@@ -231,17 +229,7 @@ def messages(draw: st.DrawFn, closes: bool) -> Message:
         fields.append((b"Expect", draw(st.sampled_from((b"100-continue", b"100-Continue")))))
     fields = list(draw(st.permutations(fields)))
     body = draw(bodies()) if framing != "none" else b""
-    if framing != "chunked":
-        return make_message(method, target, version, fields, body, framing)
-    cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=6))))
-    bounds = [0, *cuts, len(body)]
-    style = draw(st.sampled_from(("%x", "%X", "%04x")))
-    chunks = [((style % (b - a)).encode(), draw(st.sampled_from(EXTENSIONS)), body[a:b])
-              for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
-    last = b"0" + draw(st.sampled_from(EXTENSIONS))
-    trailers = draw(st.lists(st.sampled_from(TRAILERS), max_size=2))
-    return make_message(method, target, version, fields, body, "chunked", chunks, last,
-                        trailers)
+    return framed_message(draw, method, target, version, fields, body, framing, max_cuts=6)
 
 
 _EMPTY_LINES = st.sampled_from((b"", b"", b"", CRLF, CRLF * 2))

@@ -314,9 +314,18 @@ def valid_messages(draw: Any, framing: str | None = None) -> Message:
     if framing != "none" and draw(st.booleans()):
         fields.append((b"Expect", b"100-continue"))
     fields = list(draw(st.permutations(fields)))
+    return framed_message(draw, method, target, version, fields, body, framing)
+
+
+def framed_message(draw: st.DrawFn, method: bytes, target: bytes, version: bytes,
+                   fields: Sequence[tuple[bytes, bytes]], body: bytes, framing: str,
+                   max_cuts: int = 3) -> Message:
+    """``make_message`` with ``framing``; a chunked body is cut at up to ``max_cuts`` drawn
+    places, each size written in a drawn style, with drawn chunk extensions and
+    trailers."""
     if framing != "chunked":
         return make_message(method, target, version, fields, body, framing)
-    cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=3))))
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=max_cuts))))
     bounds = [0, *cuts, len(body)]
     style = draw(st.sampled_from(("%x", "%X", "%04x")))
     chunks = [((style % (b - a)).encode(), draw(st.sampled_from(EXTENSIONS)), body[a:b])
