@@ -39,6 +39,7 @@ import math
 import os
 import random
 import re
+import shlex
 import socket
 import statistics
 import sys
@@ -499,7 +500,8 @@ class Stack:
 def start_servers(launcher: Launcher, args: argparse.Namespace) -> Stack:
     front = launcher.start("front", [sys.executable, "-m", "wsgi_zmq.front",
                                      "--bind", "127.0.0.1:0",
-                                     "--backend", "tcp://127.0.0.1:*"])
+                                     "--backend", "tcp://127.0.0.1:*",
+                                     *shlex.split(args.front_args)])
     front.roles = {"front": [front.pid]}
     url = front.wait_for(LISTENING, START_SECONDS)[0].group(1)
     endpoint = front.wait_for(BACKEND, START_SECONDS)[0].group(1)
@@ -509,7 +511,8 @@ def start_servers(launcher: Launcher, args: argparse.Namespace) -> Stack:
         raise BenchError(f"front: listening at {url}, backend {endpoint}: not loopback")
     handler = launcher.start("handler", [sys.executable, "-m", "wsgi_zmq.handler", APP,
                                          "--connect", endpoint,
-                                         "--workers", str(args.workers)])
+                                         "--workers", str(args.workers),
+                                         *shlex.split(args.handler_args)])
     workers = [int(m.group(1))
                for m in handler.wait_for(BOOTING_WORKER, START_SECONDS, args.workers)]
     handler.roles = {"master": [handler.pid], "worker": workers}
@@ -711,6 +714,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hello-clients", type=int, default=2,
                         help="keep-alive hello-world client threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="handler workers (default 2)")
+    parser.add_argument("--front-args", default="", metavar="ARGS",
+                        help="more arguments for the front (one string, shell-split)")
+    parser.add_argument("--handler-args", default="", metavar="ARGS",
+                        help="more arguments for the handler pool, e.g. '--body-ring 0'")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.interval <= 0 or args.pace <= 0:

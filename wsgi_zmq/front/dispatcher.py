@@ -178,6 +178,14 @@ _VERSION_BYTE = protocol.VERSION_BYTE
 _FINAL_KINDS: Final = frozenset({END, ERROR, REJECT})
 
 
+def _body_window(peer: Peer) -> int:
+    """The most BODY records a request may have outstanding at ``peer``: its window, and
+    no more than the window its body ring's groups were cut for (a READY may restate a
+    larger one; a slot is used again a group's length of pieces later)."""
+    ring = peer.ring
+    return peer.window if ring is None else min(peer.window, ring.window)
+
+
 def _timed(ex: Exchange) -> bool:
     """Does ``request_timeout`` bound ``ex`` now? Until its response starts; a job also
     between its partial replies (an HTTP response that started streams to its client)."""
@@ -935,7 +943,7 @@ class Dispatcher:
                     if slot.early:
                         assert slot.presend and peer.ring is not None and \
                             slot.rid in peer.ring.held, f"{slot!r}: early credit, no group"
-                        assert slot.body_sent + slot.body_credit <= peer.window, \
+                        assert slot.body_sent + slot.body_credit <= peer.ring.window, \
                             f"{slot!r}: sent past its early credit"
             if peer.ring is not None:
                 assert self.rings.get(peer.ring.key) is peer, f"{peer!r}: its ring unfiled"
@@ -985,7 +993,7 @@ class Dispatcher:
         ex.early = False
         ring = peer.ring
         if ex.presend and ring is not None and ring.slot(ex.rid, 0) >= 0:
-            ex.body_credit = peer.window  # the sink stops at EARLY_BYTES (``end_early``)
+            ex.body_credit = _body_window(peer)  # the sink stops at EARLY_BYTES (end_early)
             ex.early = True
         now = self.clock()
         peer.busy += (now - peer.changed) * len(peer.slots)
@@ -1310,12 +1318,13 @@ class Dispatcher:
                 credit = max(0, count - ex.body_sent)
             else:
                 credit = ex.body_credit + count
-            if credit > peer.window:
+            window = _body_window(peer)
+            if credit > window:
                 # a worker never has more outstanding than its window: no peer makes the
                 # front buffer more of a body than that
                 self.malformed.warning("Cut a CREDIT from %r for %x back to its window of %d",
-                                       peer, ex.rid, peer.window)
-                credit = peer.window
+                                       peer, ex.rid, window)
+                credit = window
             ex.body_credit = credit
             ex.deadline = self.clock() + self.request_timeout
             if count:  # on_body_credit(ex, 0) means a worker took ``ex`` anew (_assign)
@@ -1606,7 +1615,8 @@ class Dispatcher:
         behind one whose final record never arrived cannot have started. A request that may
         have run goes again only if it is replayable and fewer than ``MAX_ATTEMPTS`` workers
         died running it; one that cannot have run goes again whatever its method, if all it
-        was sent is its REQUEST record. A started response can only be cut (502). The ones
+        was sent is its REQUEST record, or pieces under early credit (their copies go with
+        it). A started response can only be cut (502). The ones
         sent again go to the head of the queue in the order the worker got them.
         """
         again = []
@@ -1625,8 +1635,8 @@ class Dispatcher:
                     refusal = f"it may have been running on {ex.attempts} workers that died"
                 else:
                     refusal = ""
-            elif ex.body_complete or not ex.body_sent:
-                refusal = ""
+            elif ex.body_complete or not ex.body_sent or ex.early:
+                refusal = ""  # (early: the sink keeps what it sent, and sends it again)
             else:
                 refusal = "part of its body was sent to that worker"
             if not refusal and ex.losses >= MAX_LOSSES:
