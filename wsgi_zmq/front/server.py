@@ -300,12 +300,16 @@ class Connection:
                 ring = parsing.worker.ring
                 left = self.parser.raw_left
                 if ring is not None and left and not parsing.pending and self.phase == OPEN:
-                    got = self._read_into_ring(parsing, ring, left)
+                    # early pieces are kept until the worker's CREDIT: no bigger than a
+                    # chunk (kept 256 KiB pieces made the front's heap creep up under a
+                    # mixed load, bench/soak.py: +2 MiB in 4 minutes; chunks do not)
+                    asked = min(left, size if parsing.early else ring.slot_size)
+                    got = self._read_into_ring(parsing, ring, asked)
                     if got < 0:
                         return
                     if got:
                         reads -= 1
-                        if got < min(left, ring.slot_size) or not reads or not self.reading:
+                        if got < asked or not reads or not self.reading:
                             return
                         continue
             try:
@@ -349,19 +353,18 @@ class Connection:
             if parsing is None or parsing.worker is None or parsing.body_credit <= 0:
                 return  # no body streaming under credit: one read a turn
 
-    def _read_into_ring(self, ex: HttpExchange, ring: BodyRing, left: int) -> int:
-        """Read the next piece of ``ex``'s Content-Length body (``left`` bytes to come)
-        straight into its slot of the worker's body ring, and send its BODY_AT: the piece
-        is copied once, by the kernel, on its way to the worker. Returns the bytes read; 0
-        if ``ex`` holds no group of the ring and none is free (read it the usual way); -1
-        if the turn's reading is over (nothing more to read, or the connection ended)."""
-        size = min(left, ring.slot_size)
+    def _read_into_ring(self, ex: HttpExchange, ring: BodyRing, size: int) -> int:
+        """Read the next piece of ``ex``'s Content-Length body, at most ``size`` bytes (no
+        more than a slot, nor than the body has left), straight into its slot of the
+        worker's body ring, and send its BODY_AT: the piece is copied once, by the kernel,
+        on its way to the worker. Under early credit the piece is read into bytes of its
+        own instead, kept until the worker's CREDIT, and copied into the slot. Returns the
+        bytes read; 0 if ``ex`` holds no group of the ring and none is free (read it the
+        usual way); -1 if the turn's reading is over (nothing more to read, or the
+        connection ended)."""
         if ex.early:
-            # into a piece of our own, kept until the worker's CREDIT; no bigger than a
-            # chunk: kept pieces of 256 KiB made the front's heap creep up under a mixed
-            # load (bench/soak.py: +2 MiB in 4 minutes), chunks do not
             try:
-                data = self.sock.recv(min(size, self.server.chunk_size))
+                data = self.sock.recv(size)
             except _READ_AGAIN:
                 return -1
             except OSError as exc:
