@@ -52,7 +52,8 @@ MAX_GROUPS: Final = 64
 #: (``bench/upload.py``), and 512 KiB slots were no faster.
 RING_SLOT: Final = 256 << 10
 #: How much of a body the front sends into a group before the worker's first CREDIT
-#: (``Exchange.presend``), in at most a window of pieces: about what arrives on loopback
+#: (``Exchange.presend``), in at most a window of pieces (read a chunk at a time, so 512
+#: KiB at the default window and chunk size): about what arrives on loopback
 #: while the worker starts the app, so the client's bytes keep flowing (without it, a
 #: 1 MiB upload waited for that round trip with the kernel's receive window full). The
 #: front keeps a copy of these pieces until that CREDIT, to send them again if the worker
