@@ -50,14 +50,13 @@ from hypothesis import strategies as st
 
 from support.fuzz import (
     CRLF,
-    EXTRA_FIELDS,
-    HOSTS,
     METHODS,
     PATHS,
     QUERIES,
     Message,
     connection_closes,
     framed_message,
+    head_fields,
 )
 from wsgi_zmq.front.parser import RequestHead, RequestParser
 
@@ -199,8 +198,6 @@ def bodies(draw: st.DrawFn) -> bytes:
     return bytes(body)
 
 
-_FIELD_VALUE = st.from_regex(rb"\A[!-~](?:[ !-~]{0,20}[!-~])?\Z").map(bytes)
-
 
 @st.composite
 def messages(draw: st.DrawFn, closes: bool) -> Message:
@@ -216,12 +213,7 @@ def messages(draw: st.DrawFn, closes: bool) -> Message:
         target = draw(st.sampled_from(PATHS)) + draw(st.sampled_from(QUERIES))
         if draw(st.booleans()):
             target = b"http://example.com" + target
-    fields: list[tuple[bytes, bytes]] = []
-    if version == b"HTTP/1.1" or draw(st.booleans()):
-        fields.append((b"Host", draw(st.sampled_from(HOSTS))))
-    fields += draw(st.lists(st.sampled_from(EXTRA_FIELDS), max_size=4))
-    if draw(st.booleans()):
-        fields.append((b"X-Fuzz", draw(_FIELD_VALUE)))
+    fields = head_fields(draw, version)
     connection = draw(st.sampled_from((CLOSE if closes else KEEP_ALIVE)[version]))
     if connection is not None:
         fields.append((b"Connection", connection))

@@ -302,12 +302,7 @@ def valid_messages(draw: Any, framing: str | None = None) -> Message:
         target = path + draw(st.sampled_from(QUERIES))
         if form == "absolute":
             target = b"http://example.com" + target
-    fields: list[tuple[bytes, bytes]] = []
-    if version == b"HTTP/1.1" or draw(st.booleans()):
-        fields.append((b"Host", draw(st.sampled_from(HOSTS))))
-    fields += draw(st.lists(st.sampled_from(EXTRA_FIELDS), max_size=4))
-    if draw(st.booleans()):
-        fields.append((b"X-Fuzz", draw(_FIELD_VALUE)))
+    fields = head_fields(draw, version)
     connection = draw(st.sampled_from((None, b"keep-alive", b"close", b"Keep-Alive, TE")))
     if connection is not None:
         fields.append((b"Connection", connection))
@@ -315,6 +310,18 @@ def valid_messages(draw: Any, framing: str | None = None) -> Message:
         fields.append((b"Expect", b"100-continue"))
     fields = list(draw(st.permutations(fields)))
     return framed_message(draw, method, target, version, fields, body, framing)
+
+
+def head_fields(draw: st.DrawFn, version: bytes) -> list[tuple[bytes, bytes]]:
+    """Drawn header fields of a valid request: ``Host`` (always in HTTP/1.1), a few common
+    ones, and maybe an ``X-Fuzz`` with a drawn value."""
+    fields: list[tuple[bytes, bytes]] = []
+    if version == b"HTTP/1.1" or draw(st.booleans()):
+        fields.append((b"Host", draw(st.sampled_from(HOSTS))))
+    fields += draw(st.lists(st.sampled_from(EXTRA_FIELDS), max_size=4))
+    if draw(st.booleans()):
+        fields.append((b"X-Fuzz", draw(_FIELD_VALUE)))
+    return fields
 
 
 def framed_message(draw: st.DrawFn, method: bytes, target: bytes, version: bytes,
