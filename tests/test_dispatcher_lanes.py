@@ -75,7 +75,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from support.machines import run_machine
+from support.machines import Driving, run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError, ProtocolError
@@ -260,7 +260,7 @@ def final_record(kind: int, payload: bytes) -> bool:
 
 # -- the machine -----------------------------------------------------------------------------
 
-class LanesMachine(RuleBasedStateMachine):
+class LanesMachine(Driving, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.backend: Backend | None = None
@@ -287,14 +287,6 @@ class LanesMachine(RuleBasedStateMachine):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @property
-    def d(self) -> Any:
-        assert self.backend is not None
-        return self.backend.dispatcher
-
-    def violation(self, text: str) -> None:
-        self.violations.append(text)
-
     def expect(self, e: Ex, *alternatives: list[Call]) -> None:
         self.expected[e] = list(alternatives)
 
@@ -308,19 +300,12 @@ class LanesMachine(RuleBasedStateMachine):
     @contextlib.contextmanager
     def step(self, may_call: set[Ex] | None = None) -> Iterator[list[ScriptedPeer]]:
         """One step: the body acts and predicts; then settle and check everything."""
-        assert self.backend is not None, "init() first"
-        senders: list[ScriptedPeer] = []
         self.marks = {e: len(e.calls) for e in self.exs}
         self.expected = {}
         self.after = []
         self.may_call = may_call
-        try:
+        with self.settling() as senders:
             yield senders
-            self.backend.settle(senders)
-            self.check_step()
-        except BaseException:
-            self.broken = True
-            raise
 
     def sink_call(self, ex: Exchange, call: Call, detail: str = "") -> None:
         e = self.by_ex.get(ex)

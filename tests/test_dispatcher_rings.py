@@ -101,7 +101,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from support.machines import run_machine
+from support.machines import Driving, run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError
@@ -337,7 +337,7 @@ class RingSink:
 
 # -- the machine -----------------------------------------------------------------------------
 
-class RingsMachine(RuleBasedStateMachine):
+class RingsMachine(Driving, RuleBasedStateMachine):
     """A dispatcher, its ring workers and the sinks; see the module docstring. The rules
     pick their objects by index; the methods they call (``connect_worker``, ``send``,
     ``take_from``, ``end_one`` ...) take the objects, for the plain tests."""
@@ -359,30 +359,15 @@ class RingsMachine(RuleBasedStateMachine):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @property
-    def d(self) -> Any:
-        assert self.backend is not None
-        return self.backend.dispatcher
-
-    def violation(self, text: str) -> None:
-        self.violations.append(text)
-
     @contextlib.contextmanager
     def step(self) -> Iterator[list[ScriptedPeer]]:
         """One step: the body acts (and predicts); then settle and check everything."""
-        assert self.backend is not None, "init() first"
-        senders: list[ScriptedPeer] = []
         self.steps += 1
         for r in self.reqs:
             r.expected = []
             r.mark = len(r.finals)
-        try:
+        with self.settling() as senders:
             yield senders
-            self.backend.settle(senders)
-            self.check_step()
-        except BaseException:
-            self.broken = True
-            raise
 
     def open_workers(self) -> list[Worker]:
         return [w for w in self.workers if not w.lost]

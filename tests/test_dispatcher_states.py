@@ -61,7 +61,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from support.machines import run_machine
+from support.machines import Driving, run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError
@@ -263,7 +263,7 @@ def response_payload(rid: int, flags: int, body: bytes = b"") -> bytes:
 
 # -- the machine -----------------------------------------------------------------------------
 
-class DispatcherMachine(RuleBasedStateMachine):
+class DispatcherMachine(Driving, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.backend: Backend | None = None
@@ -289,33 +289,18 @@ class DispatcherMachine(RuleBasedStateMachine):
     # -- plumbing ---------------------------------------------------------------------------
 
     @property
-    def d(self) -> Any:
-        assert self.backend is not None
-        return self.backend.dispatcher
-
-    @property
     def now(self) -> float:
         assert self.backend is not None
         return self.backend.clock.now
 
-    def violation(self, text: str) -> None:
-        self.violations.append(text)
-
     @contextlib.contextmanager
     def step(self) -> Iterator[list[ScriptedPeer]]:
         """One step: the body acts (and predicts); then settle and check everything."""
-        assert self.backend is not None, "init() first"
-        senders: list[ScriptedPeer] = []
         self.marks = {e: len(e.calls) for e in self.exs}
         self.expected = collections.defaultdict(list)
         self.assigned = collections.Counter()
-        try:
+        with self.settling() as senders:
             yield senders
-            self.backend.settle(senders)
-            self.check_step()
-        except BaseException:
-            self.broken = True
-            raise
 
     def sink_call(self, ex: Exchange, call: Call) -> None:
         e = self.by_ex.get(ex)

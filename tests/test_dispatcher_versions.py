@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -33,7 +32,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from support.machines import run_machine
+from support.machines import Driving, run_machine
 from support.peers import Backend, ScriptedPeer
 from wsgi_zmq import protocol as p
 from wsgi_zmq.errors import HTTPError
@@ -94,7 +93,7 @@ class Sink:
         pass
 
 
-class VersionsMachine(RuleBasedStateMachine):
+class VersionsMachine(Driving, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.backend: Backend | None = None
@@ -105,11 +104,6 @@ class VersionsMachine(RuleBasedStateMachine):
         self.by_rid: dict[int, Ex] = {}
         self.sink = Sink(self)
         self.problems: list[str] = []
-
-    @property
-    def d(self) -> Any:
-        assert self.backend is not None
-        return self.backend.dispatcher
 
     def on_records(self, wire: ScriptedPeer, records: list[p.Record]) -> None:
         w = self.by_ident[wire.ident]

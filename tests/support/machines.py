@@ -2,8 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
+
+
+class Driving:
+    """What the dispatcher machines share: the ``Backend`` (``support.peers``) each drives,
+    set by its ``init`` rule, and the violations of its model that a step found."""
+
+    backend: Any
+    violations: list[str]
+    broken: bool
+
+    @property
+    def d(self) -> Any:
+        """The real ``Dispatcher`` under test."""
+        assert self.backend is not None
+        return self.backend.dispatcher
+
+    def violation(self, text: str) -> None:
+        self.violations.append(text)
+
+    def check_step(self) -> None:
+        """Check the model against the dispatcher after a step (each machine's own)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def settling(self) -> Iterator[list[Any]]:
+        """The second half of a step: its body acts, naming the peers it sent from; then
+        the backend settles and ``check_step`` checks everything. A failure marks the
+        machine ``broken``, so its teardown checks nothing more."""
+        assert self.backend is not None, "init() first"
+        senders: list[Any] = []
+        try:
+            yield senders
+            self.backend.settle(senders)
+            self.check_step()
+        except BaseException:
+            self.broken = True
+            raise
 
 
 def run_machine(machine: type[RuleBasedStateMachine], examples: int, steps: int) -> None:
