@@ -19,9 +19,12 @@ from wsgi_zmq import protocol
 from wsgi_zmq.errors import ProtocolError
 from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC, RingOffer
 from wsgi_zmq.ring import (
+    EARLY_PIECE,
     MAX_GROUPS,
     RING_SLOT,
+    SPARE_COPIES,
     SUPPORTED,
+    PieceCopies,
     RingRefused,
     WorkerRing,
     open_ring,
@@ -318,3 +321,21 @@ def test_mmap_of_the_worker_side_is_read_only(worker_ring: WorkerRing) -> None:
         worker_ring.mm[RING_HEADER:RING_HEADER + 1] = b"x"
     assert isinstance(worker_ring.mm, mmap.mmap)
 
+
+
+def test_piece_copies_serve_again_and_keep_at_most_their_spares() -> None:
+    """The front's buffers for early pieces: a buffer given back serves the next piece;
+    past ``SPARE_COPIES`` idle ones, a buffer given back is unmapped, unless a view of it
+    is still out (it goes with that view)."""
+    copies = PieceCopies()
+    taken = [copies.take() for _ in range(SPARE_COPIES + 2)]
+    assert all(len(buf) == EARLY_PIECE for buf in taken)
+    lingering = memoryview(taken[-1])[:10]
+    for buf in taken:
+        copies.give(memoryview(buf)[:100])
+        copies.check()
+    assert len(copies.idle) == SPARE_COPIES
+    assert copies.take() is taken[SPARE_COPIES - 1]  # the last one kept, first again
+    assert taken[SPARE_COPIES].closed and not taken[-1].closed
+    lingering.release()
+    copies.check()

@@ -52,13 +52,20 @@ MAX_GROUPS: Final = 64
 #: (``bench/upload.py``), and 512 KiB slots were no faster.
 RING_SLOT: Final = 256 << 10
 #: How much of a body the front sends into a group before the worker's first CREDIT
-#: (``Exchange.presend``), in at most a window of pieces (read a chunk at a time, so 512
-#: KiB at the default window and chunk size): about what arrives on loopback
-#: while the worker starts the app, so the client's bytes keep flowing (without it, a
-#: 1 MiB upload waited for that round trip with the kernel's receive window full). The
-#: front keeps a copy of these pieces until that CREDIT, to send them again if the worker
-#: hands the request back; the last one may pass the bound by less than a piece.
+#: (``Exchange.presend``), in at most a window of pieces of at most ``EARLY_PIECE``: about
+#: what arrives on loopback while the worker starts the app, so the client's bytes keep
+#: flowing (without it, a 1 MiB upload waited for that round trip with the kernel's
+#: receive window full). The front keeps a copy of these pieces until that CREDIT, to send
+#: them again if the worker hands the request back; the last one may pass the bound by
+#: less than a piece.
 EARLY_BYTES: Final = 1 << 20
+#: The most one early piece takes: one read of the client, into a buffer of
+#: ``PieceCopies``. Pieces of 256 KiB, against 64 KiB ones, took a 1 MiB upload in
+#: 0.52-0.88x the time (``bench/upload.py --baseline``): a window of them covers 1 MiB.
+EARLY_PIECE: Final = RING_SLOT
+#: How many idle ``PieceCopies`` buffers the front keeps for the next early pieces: one
+#: upload's worth (1 MiB).
+SPARE_COPIES: Final = EARLY_BYTES // EARLY_PIECE
 
 _NONCE_AT: Final = len(RING_MAGIC)
 _NONCE_SIZE: Final = 16
@@ -199,6 +206,45 @@ def open_ring(offer: RingOffer, window: int, taken: set[tuple[int, int]]) -> Bod
     return BodyRing(mm, (before.st_dev, before.st_ino), offer.slot_size, window, groups)
 
 
+class PieceCopies:
+    """Where the front keeps its copies of early pieces: anonymous mappings of
+    ``EARLY_PIECE`` bytes each, taken for one piece and given back once the worker's
+    CREDIT shows it has the piece, up to ``SPARE_COPIES`` kept idle for the next ones.
+
+    Not ``bytes`` from the allocator: buffers of this size come and go at the rate of
+    uploads, and glibc's malloc moves its threshold for mapping big blocks as they are
+    freed, so they ended up in its heap between smaller, longer-lived blocks, and the
+    front's private memory crept up (+2 MiB in a 4-minute ``bench/soak.py``). A mapping
+    is the kernel's: unmapped, it is gone. A buffer never given back (its request ended
+    first) is unmapped when the last view of it goes.
+    """
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle: list[mmap.mmap] = []
+
+    def take(self) -> mmap.mmap:
+        return self.idle.pop() if self.idle else mmap.mmap(-1, EARLY_PIECE)
+
+    def give(self, piece: memoryview) -> None:
+        """Take back the buffer ``piece`` (a view of one from ``take``) is a view of."""
+        buffer = piece.obj
+        piece.release()
+        assert isinstance(buffer, mmap.mmap) and len(buffer) == EARLY_PIECE
+        if len(self.idle) < SPARE_COPIES:
+            self.idle.append(buffer)
+        else:
+            try:
+                buffer.close()
+            except BufferError:
+                pass  # another view of it is still out: it goes with that view
+
+    def check(self) -> None:
+        assert len(self.idle) <= SPARE_COPIES, "PieceCopies keeps too many idle"
+        assert len(set(map(id, self.idle))) == len(self.idle), "a buffer idle twice"
+
+
 class BodyRing:
     """The front's side of one worker's ring: which request holds which group of slots.
 
@@ -235,7 +281,7 @@ class BodyRing:
         start = RING_HEADER + slot * self.slot_size
         return self.memory[start:start + self.slot_size]
 
-    def put(self, rid: int, index: int, data: bytes) -> int:
+    def put(self, rid: int, index: int, data: bytes | memoryview) -> int:
         """Write piece ``index`` of ``rid``'s body into its slot; return the slot, or -1
         (nothing written) if the piece does not fit in a slot, or ``rid`` holds no group
         and none is free."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import signal
@@ -405,13 +406,14 @@ def _ringed(ctx: zmq.Context, endpoint: str, front, pid: int) -> RawWorker:
 def test_early_pieces_count_against_the_first_credit_and_come_back_after_reject(stack):
     """1. a raw worker with a ring (window 4 of 256 KiB); a client PUTs 3 MiB 2. before the
     worker grants anything, the first pieces of the body come in BODY_AT records (early
-    credit: at most 1 MiB, and at most its window), then nothing more 3. the worker hands
-    the request back (REJECT) without reading a byte; a second raw worker, with a ring of
-    its own, gets the REQUEST and the same first pieces again, early 4. its first CREDIT
-    (its window) counts the pieces already sent: no more come until it grants more, and
-    then exactly as many as it grants 5. it takes the rest; the body is the client's, and
-    the client gets the second worker's 200 6. the front serves on (its invariants held
-    throughout: ``Dispatcher.check`` asserts the early credit)."""
+    credit: at most 1 MiB, and at most its window), then nothing more 3. the worker writes
+    over its whole ring (it may: the memfd is its own) and hands the request back (REJECT)
+    without reading a byte; a second raw worker, with a ring of its own, gets the REQUEST
+    and the same first pieces again, early, from the front's copies: the client's bytes 4.
+    its first CREDIT (its window) counts the pieces already sent: no more come until it
+    grants more, and then exactly as many as it grants 5. it takes the rest; the body is
+    the client's, and the client gets the second worker's 200 6. the front serves on (its
+    invariants held throughout: ``Dispatcher.check`` asserts the early credit)."""
     front, port, endpoint = stack.front()
     ctx = zmq.Context()
     first = _ringed(ctx, endpoint, front, 4601)
@@ -430,6 +432,12 @@ def test_early_pieces_count_against_the_first_credit_and_come_back_after_reject(
         seen = start + b"".join(first.ring.read(r.payload) or b"!" for r in early)
         assert 0 < len(seen) - len(start) < (1 << 20) + 262144 and body.startswith(seen)
         second = _ringed(ctx, endpoint, front, 4602)
+        # a hostile worker may write its own ring (it has the memfd): the front sends
+        # the copies it kept, never what the slots hold now
+        scribble = mmap.mmap(first.ring.fd, len(first.ring.mm), mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        scribble[RING_HEADER:] = b"!" * (len(scribble) - RING_HEADER)
+        scribble.close()
         first.send(protocol.encode_signal(protocol.REJECT, request.rid))
         records = _body_records(second, 1.0)
         [again] = [r for r in records if r.kind == protocol.REQUEST]

@@ -792,8 +792,10 @@ class Dispatcher:
             self._drain_queue(target)
             self._trim(target)
 
-    def send_body(self, ex: Exchange, data: bytes) -> None:
-        """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``)."""
+    def send_body(self, ex: Exchange, data: bytes | memoryview) -> None:
+        """Queue a BODY record for a dispatched exchange (the sink minds ``body_credit``),
+        or write the piece into the worker's ring and queue its BODY_AT. A view is
+        copied now: the sink may use its memory again once this returns."""
         peer = ex.worker
         if peer is None:
             return
@@ -809,7 +811,7 @@ class Dispatcher:
                 self._post(peer, protocol.encode_body_at(ex.rid, slot, len(data)))
                 return
         self._post(peer, protocol.data_head(protocol.BODY, ex.rid, len(data)))
-        peer.outbox.append(data)
+        peer.outbox.append(data if isinstance(data, bytes) else bytes(data))
 
     def send_at(self, ex: Exchange, slot: int, size: int) -> None:
         """Queue a BODY_AT record: the sink read the next piece of ``ex``'s body, ``size``

@@ -82,7 +82,7 @@ from wsgi_zmq.protocol import (
     RESP_CLOSE,
     RESP_END,
 )
-from wsgi_zmq.ring import EARLY_BYTES, BodyRing
+from wsgi_zmq.ring import EARLY_BYTES, EARLY_PIECE, BodyRing, PieceCopies
 
 log = logging.getLogger("wsgi_zmq.error.front")
 
@@ -121,8 +121,9 @@ class HttpExchange(Exchange):
         self.discarded = -1  # >= 0 while the rest of an answered request's body is skipped
         self.stick_to: str | None = None  # the version its answer's sticky cookie names
         # copies of the pieces sent under early credit (``Exchange.presend``), until the
-        # worker's first CREDIT: a request handed back gets them again
-        self.kept: list[bytes] = []
+        # worker's first CREDIT: a request handed back gets them again. Those read
+        # straight from the client are views of ``PieceCopies`` buffers (``_give_back``).
+        self.kept: list[bytes | memoryview] = []
         self.kept_bytes = 0
 
 
@@ -300,10 +301,9 @@ class Connection:
                 ring = parsing.worker.ring
                 left = self.parser.raw_left
                 if ring is not None and left and not parsing.pending and self.phase == OPEN:
-                    # early pieces are kept until the worker's CREDIT: no bigger than a
-                    # chunk (kept 256 KiB pieces made the front's heap creep up under a
-                    # mixed load, bench/soak.py: +2 MiB in 4 minutes; chunks do not)
-                    asked = min(left, size if parsing.early else ring.slot_size)
+                    asked = min(left, ring.slot_size)
+                    if parsing.early:
+                        asked = min(asked, EARLY_PIECE)
                     got = self._read_into_ring(parsing, ring, asked)
                     if got < 0:
                         return
@@ -357,44 +357,45 @@ class Connection:
         """Read the next piece of ``ex``'s Content-Length body, at most ``size`` bytes (no
         more than a slot, nor than the body has left), straight into its slot of the
         worker's body ring, and send its BODY_AT: the piece is copied once, by the kernel,
-        on its way to the worker. Under early credit the piece is read into bytes of its
-        own instead, kept until the worker's CREDIT, and copied into the slot. Returns the
-        bytes read; 0 if ``ex`` holds no group of the ring and none is free (read it the
-        usual way); -1 if the turn's reading is over (nothing more to read, or the
-        connection ended)."""
-        if ex.early:
-            try:
-                data = self.sock.recv(size)
-            except _READ_AGAIN:
-                return -1
-            except OSError as exc:
-                self._read_failed(exc)
-                return -1
-            got = len(data)
+        on its way to the worker. Under early credit the piece is read into a buffer of
+        ``server.copies`` instead, kept until the worker's CREDIT, and copied into the
+        slot. Returns the bytes read; 0 if ``ex`` holds no group of the ring and none is
+        free (read it the usual way); -1 if the turn's reading is over (nothing more to
+        read, or the connection ended)."""
+        server = self.server
+        early = ex.early
+        if early:
+            slot = -1
+            view = memoryview(server.copies.take())
         else:
             slot = ring.slot(ex.rid, ex.body_sent)
             if slot < 0:
                 return 0
             view = ring.view(slot)
-            try:
-                got = self.sock.recv_into(view, size)
-            except _READ_AGAIN:
-                return -1
-            except OSError as exc:
-                self._read_failed(exc)
-                return -1
-            finally:
+        try:
+            got = self.sock.recv_into(view, size)
+        except _READ_AGAIN:
+            got = -1
+        except OSError as exc:
+            self._read_failed(exc)
+            got = -1
+        finally:
+            if not early:
                 view.release()
-        if not got:
-            self.close()
+        if got <= 0:
+            if early:
+                server.copies.give(view)
+            if not got:
+                self.close()
             return -1
-        server = self.server
         if server.metrics is not None:
             server.metrics.received += got
         self.last_active = server.loop.now()
-        if ex.early:
-            server.dispatcher.send_body(ex, data)
-            self._keep(ex, data)
+        if early:
+            piece = view[:got]
+            view.release()
+            server.dispatcher.send_body(ex, piece)
+            self._keep(ex, piece)
         else:
             server.dispatcher.send_at(ex, slot, got)
         self.parser.took_raw(got)  # on_request_end follows the last piece
@@ -464,12 +465,21 @@ class Connection:
         if ex.worker is not None and not ex.pending:
             self._end_body(ex)
 
-    def _keep(self, ex: HttpExchange, piece: bytes) -> None:
+    def _keep(self, ex: HttpExchange, piece: bytes | memoryview) -> None:
         """Keep a copy of a piece sent under early credit, up to ``EARLY_BYTES``."""
         ex.kept.append(piece)
         ex.kept_bytes += len(piece)
         if ex.kept_bytes >= EARLY_BYTES:
             self.server.dispatcher.end_early(ex)
+
+    def _give_back(self, ex: HttpExchange) -> None:
+        """Drop the copies ``ex`` keeps; the buffers they were read into serve again."""
+        copies = self.server.copies
+        for piece in ex.kept:
+            if isinstance(piece, memoryview):
+                copies.give(piece)
+        ex.kept = []
+        ex.kept_bytes = 0
 
     def _end_body(self, ex: HttpExchange) -> None:
         self.server.dispatcher.end_body(ex)
@@ -557,12 +567,10 @@ class Connection:
         if not count:  # a worker took it anew: it needs the body's END too, after its credit
             ex.end_sent = False
             if ex.kept:  # what the worker before it had under early credit, first
-                pending.extendleft(reversed(ex.kept))
-                ex.kept = []
-                ex.kept_bytes = 0
-        elif not ex.early:
-            ex.kept = []  # the worker's own credit: it started, and has those pieces
-            ex.kept_bytes = 0
+                pending.extendleft([bytes(piece) for piece in reversed(ex.kept)])
+                self._give_back(ex)
+        elif not ex.early and ex.kept:
+            self._give_back(ex)  # the worker's own credit: it started, and has those pieces
         if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
             self._write(_CONTINUE)
@@ -1279,6 +1287,7 @@ class FrontServer:
         self.limits = Limits(cfg.limit_request_line, cfg.limit_request_fields,
                              cfg.limit_request_field_size, cfg.limit_request_body)
         self.chunk_size: int = cfg.chunk_size
+        self.copies = PieceCopies()  # buffers for the copies of early pieces
         self.window: int = cfg.window
         self.connections: set[Connection] = set()
         # the sockets a supervisor bound are in the order of cfg.bind: paired by index
@@ -1425,8 +1434,10 @@ class FrontServer:
         log.info("Backend at: %s", ",".join(self.dispatcher.endpoints))
 
     def check(self) -> None:
-        """Assert the invariants of the dispatcher and of every connection."""
+        """Assert the invariants of the dispatcher, of the early pieces' buffers and of
+        every connection."""
         self.dispatcher.check()
+        self.copies.check()
         for conn in list(self.connections):
             conn.check()
         assert len(self.connections) <= self.max_connections
