@@ -19,6 +19,8 @@ from wsgi_zmq import protocol
 from wsgi_zmq.errors import ProtocolError
 from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC, RingOffer
 from wsgi_zmq.ring import (
+    COPIES_SIZE,
+    EARLY_BYTES,
     EARLY_PIECE,
     MAX_GROUPS,
     RING_SLOT,
@@ -324,18 +326,23 @@ def test_mmap_of_the_worker_side_is_read_only(worker_ring: WorkerRing) -> None:
 
 
 def test_piece_copies_serve_again_and_keep_at_most_their_spares() -> None:
-    """The front's buffers for early pieces: a buffer given back serves the next piece;
-    past ``SPARE_COPIES`` idle ones, a buffer given back is unmapped, unless a view of it
-    is still out (it goes with that view)."""
+    """The front's buffers for early pieces: private (a write stays in this process), big
+    enough for ``EARLY_BYTES`` and one more piece; a buffer given back serves the next
+    request; past ``SPARE_COPIES`` idle ones, a buffer given back is unmapped."""
     copies = PieceCopies()
-    taken = [copies.take() for _ in range(SPARE_COPIES + 2)]
-    assert all(len(buf) == EARLY_PIECE for buf in taken)
-    lingering = memoryview(taken[-1])[:10]
+    taken = [copies.take() for _ in range(SPARE_COPIES + 1)]
+    assert len(set(map(id, taken))) == len(taken)
+    assert all(len(buf) == COPIES_SIZE == EARLY_BYTES + EARLY_PIECE for buf in taken)
+    taken[0][:5] = b"piece"
+    child = os.fork()
+    if child == 0:  # a private mapping: the child's write is its own
+        taken[0][:5] = b"child"
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert taken[0][:5] == b"piece"
     for buf in taken:
-        copies.give(memoryview(buf)[:100])
+        copies.give(buf)
         copies.check()
-    assert len(copies.idle) == SPARE_COPIES
+    assert len(copies.idle) == SPARE_COPIES and taken[-1].closed
     assert copies.take() is taken[SPARE_COPIES - 1]  # the last one kept, first again
-    assert taken[SPARE_COPIES].closed and not taken[-1].closed
-    lingering.release()
     copies.check()

@@ -59,13 +59,15 @@ RING_SLOT: Final = 256 << 10
 #: them again if the worker hands the request back; the last one may pass the bound by
 #: less than a piece.
 EARLY_BYTES: Final = 1 << 20
-#: The most one early piece takes: one read of the client, into a buffer of
-#: ``PieceCopies``. Pieces of 256 KiB, against 64 KiB ones, took a 1 MiB upload in
-#: 0.52-0.88x the time (``bench/upload.py --baseline``): a window of them covers 1 MiB.
+#: The most one early piece takes: one read of the client. Pieces of 256 KiB, against
+#: 64 KiB ones, took a 1 MiB upload in 0.52-0.88x the time (``bench/upload.py
+#: --baseline``): a window of them covers 1 MiB.
 EARLY_PIECE: Final = RING_SLOT
-#: How many idle ``PieceCopies`` buffers the front keeps for the next early pieces: one
-#: upload's worth (1 MiB).
-SPARE_COPIES: Final = EARLY_BYTES // EARLY_PIECE
+#: The size of the buffer that holds one request's copies of its early pieces
+#: (``PieceCopies``): ``EARLY_BYTES``, and the piece that may pass it.
+COPIES_SIZE: Final = EARLY_BYTES + EARLY_PIECE
+#: How many idle ``PieceCopies`` buffers the front keeps for the next requests.
+SPARE_COPIES: Final = 2
 
 _NONCE_AT: Final = len(RING_MAGIC)
 _NONCE_SIZE: Final = 16
@@ -207,16 +209,19 @@ def open_ring(offer: RingOffer, window: int, taken: set[tuple[int, int]]) -> Bod
 
 
 class PieceCopies:
-    """Where the front keeps its copies of early pieces: anonymous mappings of
-    ``EARLY_PIECE`` bytes each, taken for one piece and given back once the worker's
-    CREDIT shows it has the piece, up to ``SPARE_COPIES`` kept idle for the next ones.
+    """Where the front keeps its copies of early pieces: a private anonymous mapping of
+    ``COPIES_SIZE`` bytes per request, its pieces one after the other, taken for the
+    request's first early piece read from the client and given back once the worker's
+    CREDIT shows it has them (or the request ends); up to ``SPARE_COPIES`` are kept idle
+    for the next requests, their pages still in place.
 
-    Not ``bytes`` from the allocator: buffers of this size come and go at the rate of
+    Not ``bytes`` from the allocator: blocks of this size come and go at the rate of
     uploads, and glibc's malloc moves its threshold for mapping big blocks as they are
     freed, so they ended up in its heap between smaller, longer-lived blocks, and the
     front's private memory crept up (+2 MiB in a 4-minute ``bench/soak.py``). A mapping
-    is the kernel's: unmapped, it is gone. A buffer never given back (its request ended
-    first) is unmapped when the last view of it goes.
+    is the kernel's: unmapped, it is gone. Private, not ``mmap``'s default shared
+    mapping, whose pages are shmem: each first touch of one allocated it in a page fault
+    (18% of the front's CPU in ``perf record`` with a buffer a piece).
     """
 
     __slots__ = ("idle",)
@@ -225,24 +230,21 @@ class PieceCopies:
         self.idle: list[mmap.mmap] = []
 
     def take(self) -> mmap.mmap:
-        return self.idle.pop() if self.idle else mmap.mmap(-1, EARLY_PIECE)
+        if self.idle:
+            return self.idle.pop()
+        return mmap.mmap(-1, COPIES_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def give(self, piece: memoryview) -> None:
-        """Take back the buffer ``piece`` (a view of one from ``take``) is a view of."""
-        buffer = piece.obj
-        piece.release()
-        assert isinstance(buffer, mmap.mmap) and len(buffer) == EARLY_PIECE
+    def give(self, buffer: mmap.mmap) -> None:
+        """Take back ``buffer``; every view of it must be released."""
         if len(self.idle) < SPARE_COPIES:
             self.idle.append(buffer)
         else:
-            try:
-                buffer.close()
-            except BufferError:
-                pass  # another view of it is still out: it goes with that view
+            buffer.close()
 
     def check(self) -> None:
         assert len(self.idle) <= SPARE_COPIES, "PieceCopies keeps too many idle"
         assert len(set(map(id, self.idle))) == len(self.idle), "a buffer idle twice"
+        assert all(not buffer.closed for buffer in self.idle), "a closed buffer idle"
 
 
 class BodyRing:

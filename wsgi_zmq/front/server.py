@@ -38,6 +38,7 @@ import contextlib
 import errno
 import json
 import logging
+import mmap
 import os
 import resource
 import signal
@@ -106,7 +107,7 @@ class HttpExchange(Exchange):
 
     __slots__ = ("head", "pending", "request_done", "end_sent", "continue_wanted",
                  "continue_sent", "discarded", "status", "read_at", "stick_to", "kept",
-                 "kept_bytes")
+                 "kept_bytes", "copies")
 
     def __init__(self, rid: int, sink: Connection, head: RequestHead) -> None:
         super().__init__(rid, sink)
@@ -122,9 +123,11 @@ class HttpExchange(Exchange):
         self.stick_to: str | None = None  # the version its answer's sticky cookie names
         # copies of the pieces sent under early credit (``Exchange.presend``), until the
         # worker's first CREDIT: a request handed back gets them again. Those read
-        # straight from the client are views of ``PieceCopies`` buffers (``_give_back``).
+        # straight from the client are views of ``copies``, a buffer of ``PieceCopies``
+        # (``_give_back``)
         self.kept: list[bytes | memoryview] = []
         self.kept_bytes = 0
+        self.copies: mmap.mmap | None = None
 
 
 # -- connection phases ---------------------------------------------------------------------
@@ -366,7 +369,12 @@ class Connection:
         early = ex.early
         if early:
             slot = -1
-            view = memoryview(server.copies.take())
+            copies = ex.copies
+            if copies is None:
+                copies = ex.copies = server.copies.take()
+            # the pieces lie one after the other; together they pass EARLY_BYTES by less
+            # than the last one (end_early), so this one fits
+            view = memoryview(copies)[ex.kept_bytes:ex.kept_bytes + size]
         else:
             slot = ring.slot(ex.rid, ex.body_sent)
             if slot < 0:
@@ -383,8 +391,7 @@ class Connection:
             if not early:
                 view.release()
         if got <= 0:
-            if early:
-                server.copies.give(view)
+            view.release()
             if not got:
                 self.close()
             return -1
@@ -473,13 +480,15 @@ class Connection:
             self.server.dispatcher.end_early(ex)
 
     def _give_back(self, ex: HttpExchange) -> None:
-        """Drop the copies ``ex`` keeps; the buffers they were read into serve again."""
-        copies = self.server.copies
+        """Drop the copies ``ex`` keeps; the buffer they were read into serves again."""
         for piece in ex.kept:
             if isinstance(piece, memoryview):
-                copies.give(piece)
+                piece.release()
         ex.kept = []
         ex.kept_bytes = 0
+        if ex.copies is not None:
+            self.server.copies.give(ex.copies)
+            ex.copies = None
 
     def _end_body(self, ex: HttpExchange) -> None:
         self.server.dispatcher.end_body(ex)
@@ -678,6 +687,8 @@ class Connection:
     def _response_done(self, ex: Exchange, close: int) -> None:
         assert isinstance(ex, HttpExchange)
         self.current = None
+        if ex.kept:
+            self._give_back(ex)  # answered before its worker's first CREDIT
         now = self.last_active = self.server.loop.now()
         metrics = self.server.metrics
         if metrics is not None and ex.status:
@@ -790,6 +801,8 @@ class Connection:
         dispatcher = self.server.dispatcher
         if self.current is not None:
             dispatcher.cancel(self.current)
+            if self.current.kept:
+                self._give_back(self.current)
             self.current = None
         self._drop_pipeline()
         self.parsing = None
