@@ -10,6 +10,8 @@ end; and reading costs work linear in the body's size, whichever way it is read.
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from itertools import pairwise
 from typing import Any
@@ -19,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsgi_zmq.errors import ClientDisconnected
-from wsgi_zmq.handler.wsgi import BodyInput
+from wsgi_zmq.handler.wsgi import PRESIZE_LIMIT, BodyInput
 
 DEFAULT = object()  # call the method without an argument
 END = object()  # what next() gave at the end of the body
@@ -59,13 +61,15 @@ def call(stream: Any, name: str, arg: Any) -> Any:
     return method() if arg is DEFAULT else method(arg)
 
 
-def check_same(body: bytes, pieces: list[bytes], ops: list[tuple[str, Any]]) -> None:
-    """Apply ``ops`` to ``BytesIO(body)`` and to a BodyInput fed ``pieces``: every result
-    must be equal, and after each the input holds less than one piece unread."""
+def check_same(body: bytes, pieces: list[bytes], ops: list[tuple[str, Any]],
+               length: int = -1) -> None:
+    """Apply ``ops`` to ``BytesIO(body)`` and to a BodyInput fed ``pieces``, told that the
+    body has ``length`` bytes (-1: not told): every result must be equal, and after each
+    the input holds less than one piece unread."""
     assert b"".join(pieces) == body
     reference = io.BytesIO(body)
     channel = Channel(pieces)
-    stream = BodyInput(channel)
+    stream = BodyInput(channel, length)
     for step, (name, arg) in enumerate(ops):
         expected = call(reference, name, arg)
         got = call(stream, name, arg)
@@ -104,10 +108,13 @@ def split(draw: st.DrawFn, body: bytes) -> list[bytes]:
 @given(data=st.data(), body=BODIES, ops=OPS)
 def test_any_mix_of_reads_matches_bytesio(data: st.DataObject, body: bytes,
                                           ops: list[tuple[str, Any]]) -> None:
-    """1. a body with some newlines, split into pieces at random 2. a random sequence of
-    read(n), read(), readline(n), readline(), readlines(hint) and next() 3. each result is
-    the one BytesIO gives, and the input never holds a whole piece unread."""
-    check_same(body, data.draw(split(body)), ops)
+    """1. a body with some newlines, split into pieces at random 2. the input is told the
+    body's length, or a wrong one (a hostile front's, shorter or longer), or nothing 3. a
+    random sequence of read(n), read(), readline(n), readline(), readlines(hint) and
+    next() 4. each result is the one BytesIO gives, and the input never holds a whole
+    piece unread."""
+    length = data.draw(st.sampled_from([-1, len(body)]) | st.integers(0, 2 * len(body) + 5))
+    check_same(body, data.draw(split(body)), ops, length)
 
 
 @pytest.mark.parametrize(("body", "pieces", "ops"), [
@@ -143,6 +150,25 @@ def test_a_read_of_one_whole_piece_returns_it_without_copying() -> None:
     for piece in pieces:
         assert stream.read(PIECE) is piece
     assert stream.read(PIECE) == b""
+
+
+@pytest.mark.parametrize("declared", [1 << 30, 300 << 10, 100], ids=["1GiB", "300KiB", "100B"])
+def test_a_declared_length_sets_aside_no_more_than_the_limit(declared: int) -> None:
+    """1. a body of two 150 KiB pieces (300 KiB) whose Content-Length said 1 GiB (a lie),
+    300 KiB (the truth) or 100 bytes (a lie) 2. read() returns the body as it came, and
+    so do read(n) of more than it has 3. the read set aside at most ``PRESIZE_LIMIT`` (2
+    MiB) beyond the body (tracemalloc's peak), never the length a client only claimed."""
+    body = os.urandom(300 << 10)
+    pieces = [body[:150 << 10], body[150 << 10:]]
+    tracemalloc.start()
+    try:
+        assert BodyInput(Channel(pieces), declared).read() == body
+        _, peak = tracemalloc.get_traced_memory()
+        assert BodyInput(Channel(pieces), declared).read(1 << 40) == body
+    finally:
+        tracemalloc.stop()
+    assert PRESIZE_LIMIT <= 2 << 20
+    assert peak < len(body) + (2 << 20) + (64 << 10)
 
 
 def test_a_disconnect_keeps_what_was_read_for_the_next_call() -> None:

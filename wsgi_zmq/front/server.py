@@ -253,6 +253,11 @@ class Connection:
             assert not current.kept or current.early or current.worker is None, \
                 f"{current!r} keeps pieces its worker has taken"
             assert current.kept_bytes == sum(map(len, current.kept)), "kept_bytes is off"
+            assert current.copies is None or current.early or current.worker is None, \
+                f"{current!r} holds a buffer of copies its worker has taken"
+            for piece in current.kept:
+                assert not isinstance(piece, memoryview) or piece.obj is current.copies, \
+                    f"{current!r} keeps a view of another buffer"
             assert current.kept_bytes < EARLY_BYTES + max(map(len, current.kept), default=0), \
                 f"{current!r} keeps more than EARLY_BYTES"
         if phase == OPEN:
@@ -575,10 +580,11 @@ class Connection:
         pending = ex.pending
         if not count:  # a worker took it anew: it needs the body's END too, after its credit
             ex.end_sent = False
-            if ex.kept:  # what the worker before it had under early credit, first
+            # what the worker before it had under early credit goes first
+            if ex.kept or ex.copies is not None:
                 pending.extendleft([bytes(piece) for piece in reversed(ex.kept)])
                 self._give_back(ex)
-        elif not ex.early and ex.kept:
+        elif not ex.early and (ex.kept or ex.copies is not None):
             self._give_back(ex)  # the worker's own credit: it started, and has those pieces
         if ex.continue_wanted and not ex.continue_sent and ex.body_credit > 0:
             ex.continue_sent = True
@@ -687,7 +693,7 @@ class Connection:
     def _response_done(self, ex: Exchange, close: int) -> None:
         assert isinstance(ex, HttpExchange)
         self.current = None
-        if ex.kept:
+        if ex.kept or ex.copies is not None:
             self._give_back(ex)  # answered before its worker's first CREDIT
         now = self.last_active = self.server.loop.now()
         metrics = self.server.metrics
@@ -801,7 +807,7 @@ class Connection:
         dispatcher = self.server.dispatcher
         if self.current is not None:
             dispatcher.cancel(self.current)
-            if self.current.kept:
+            if self.current.kept or self.current.copies is not None:
                 self._give_back(self.current)
             self.current = None
         self._drop_pipeline()
