@@ -31,18 +31,25 @@ PIECE = 65536
 class Channel:
     """The ``read_body`` side of a request channel: the next piece, b"" at the end.
 
-    A piece that is an exception instance is raised instead of returned.
+    A piece that is an exception instance is raised instead of returned. Asked to lend
+    (``read_body(lend=True)``), it lends every piece as a view, as a ring does, and
+    asserts that each comes back (``taken``) before the next call; the view is of a copy
+    that it wipes once taken, so a reader that kept the view and not its bytes is caught.
     """
 
-    def __init__(self, pieces: Iterable[Any]) -> None:
+    def __init__(self, pieces: Iterable[Any], lend: bool = True) -> None:
         self.pieces: Iterator[Any] = iter(pieces)
         self.calls = 0
         self.delivered = 0
         self.largest = 0
         self.ended = False
+        self.lends = lend
+        self.out: tuple[memoryview, bytearray] | None = None  # the piece lent
+        self.lent = 0
 
-    def read_body(self) -> bytes:
+    def read_body(self, lend: bool = False) -> bytes | memoryview:
         assert not self.ended, "read_body called again after it returned the end"
+        assert self.out is None, "read_body called again before the lent piece came back"
         self.calls += 1
         piece = next(self.pieces, b"")
         if isinstance(piece, BaseException):
@@ -51,7 +58,20 @@ class Channel:
             self.ended = True
         self.delivered += len(piece)
         self.largest = max(self.largest, len(piece))
+        if lend and self.lends and piece:
+            slot = bytearray(piece)
+            view = memoryview(slot)
+            self.out = (view, slot)
+            self.lent += 1
+            return view
         return piece
+
+    def taken(self, view: memoryview) -> None:
+        assert self.out is not None and view is self.out[0], "a piece given back twice"
+        slot = self.out[1]
+        view.release()
+        slot[:] = b"!" * len(slot)  # the slot serves another piece now
+        self.out = None
 
 
 def call(stream: Any, name: str, arg: Any) -> Any:
@@ -78,7 +98,7 @@ def check_same(body: bytes, pieces: list[bytes], ops: list[tuple[str, Any]],
         assert 0 <= held < max(channel.largest, 1), f"step {step}: holds {held} bytes"
     assert stream.read() == reference.read()
     assert stream.read() == b"" and stream.readline() == b"" and list(stream) == []
-    assert channel.ended
+    assert channel.ended and channel.out is None
 
 
 # -- every way of reading gives what BytesIO gives ----------------------------------------
@@ -143,10 +163,11 @@ def test_edge_cases_match_bytesio(body: bytes, pieces: list[bytes],
 
 
 def test_a_read_of_one_whole_piece_returns_it_without_copying() -> None:
-    """1. the app reads 64 KiB at a time, the size of the pieces 2. each read returns the
-    piece object itself: the common case copies nothing."""
+    """1. the app reads 64 KiB at a time, the size of the pieces, from a channel that does
+    not lend them (BODY records) 2. each read returns the piece object itself: the common
+    case copies nothing."""
     pieces = [bytes([i]) * PIECE for i in range(4)]
-    stream = BodyInput(Channel(pieces))
+    stream = BodyInput(Channel(pieces, lend=False))
     for piece in pieces:
         assert stream.read(PIECE) is piece
     assert stream.read(PIECE) == b""
@@ -162,9 +183,9 @@ def test_a_declared_length_sets_aside_no_more_than_the_limit(declared: int) -> N
     pieces = [body[:150 << 10], body[150 << 10:]]
     tracemalloc.start()
     try:
-        assert BodyInput(Channel(pieces), declared).read() == body
+        assert BodyInput(Channel(pieces, lend=False), declared).read() == body
         _, peak = tracemalloc.get_traced_memory()
-        assert BodyInput(Channel(pieces), declared).read(1 << 40) == body
+        assert BodyInput(Channel(pieces, lend=False), declared).read(1 << 40) == body
     finally:
         tracemalloc.stop()
     assert PRESIZE_LIMIT <= 2 << 20

@@ -134,6 +134,11 @@ class WorkerRing:
         """A copy of the piece at ``start``; ValueError once the ring is closed."""
         return self.mm[start:start + length]
 
+    def lend(self, start: int, length: int) -> memoryview:
+        """The piece at ``start`` itself, read-only, to copy from; release the view at
+        once (the ring cannot close while one is out)."""
+        return memoryview(self.mm)[start:start + length]
+
     def read(self, payload: bytes) -> bytes | None:
         """The piece a BODY_AT payload names, copied out now; None if it names no slot."""
         where = self.locate(payload)
@@ -144,7 +149,10 @@ class WorkerRing:
         return self.mm.closed
 
     def close(self) -> None:
-        self.mm.close()
+        try:
+            self.mm.close()
+        except BufferError:  # a view still out: the map goes with it
+            pass
         os.close(self.fd)
 
 

@@ -167,13 +167,15 @@ class _Gathered:
         self.buf: io.BytesIO | None = None
         self.expect = expect
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
+        """Take ``data``: bytes may be kept as they are, a view (of a ring slot, lent) is
+        copied now."""
         if not data:
             return
         buf = self.buf
         if buf is None:
-            if not self.one:
-                self.one = data
+            if not self.one and (isinstance(data, bytes) or len(data) >= self.expect):
+                self.one = bytes(data)  # (bytes of bytes is the same object)
                 return
             buf = self.buf = io.BytesIO()
             presize = min(self.expect, PRESIZE_LIMIT)
@@ -229,14 +231,15 @@ class BodyInput:
         self.rest, self.start = b"", 0
         return gathered
 
-    def _next_piece(self, gathered: _Gathered) -> bytes:
-        """The next piece from the channel, ``b""`` at the end of the body. If the channel
-        raises, what the current call ``gathered`` is buffered again: no byte of the body
-        is lost."""
+    def _next_piece(self, gathered: _Gathered, lend: bool = False) -> Any:
+        """The next piece from the channel, ``b""`` at the end of the body; with ``lend``,
+        maybe a view the caller copies and gives back (``channel.taken``) at once. If the
+        channel raises, what the current call ``gathered`` is buffered again: no byte of
+        the body is lost."""
         if self.eof:
             return b""
         try:
-            data: bytes = self.channel.read_body()
+            data = self.channel.read_body(lend) if lend else self.channel.read_body()
         except BaseException:
             self.rest, self.start = gathered.value(), 0
             raise
@@ -271,13 +274,22 @@ class BodyInput:
             expect = have + self.coming if limit < 0 else min(limit, have + self.coming)
         gathered = self._gather(expect)
         while limit < 0 or have < limit:
-            piece = self._next_piece(gathered)
+            # a piece in the channel's ring is lent, not copied out, and copied once
+            # straight into the result
+            piece = self._next_piece(gathered, lend=True)
             if not piece:
                 break
             have += len(piece)
-            if 0 <= limit < have:
-                return self._collect(gathered, piece, len(piece) - (have - limit))
-            gathered.add(piece)
+            lent = piece if isinstance(piece, memoryview) else None
+            try:
+                if 0 <= limit < have:
+                    if lent is not None:
+                        piece = bytes(lent)  # its tail stays buffered
+                    return self._collect(gathered, piece, len(piece) - (have - limit))
+                gathered.add(piece)
+            finally:
+                if lent is not None:
+                    self.channel.taken(lent)
         return gathered.value()
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -654,7 +666,10 @@ class HttpRequest(Request):
     def send_chunk(self, data: bytes) -> bool:
         return self.send_under_credit(protocol.data_head(CHUNK, self.rid, len(data)), data)
 
-    def read_body(self) -> bytes:
+    def read_body(self, lend: bool = False) -> bytes | memoryview:
+        """The next piece of the body, b"" at its end. With ``lend``, a piece in the ring
+        comes as a view of its slot, not a copy: the caller copies it and calls
+        ``taken``, and it counts toward credit only then."""
         worker = self.worker
         worker.quiet += 1
         try:
@@ -681,14 +696,30 @@ class HttpRequest(Request):
                     # the front may have given the slot to another request
                     raise ClientDisconnected("the front went away before sending the whole "
                                              "body")
+                if lend:
+                    return ring.lend(start, length)  # no credit for it until ``taken``
                 piece = ring.take(start, length)
-            self.consumed += 1
-            if self.consumed >= max(1, worker.cfg.window // 2):
-                self._grant()
-                worker.flush(self.front)  # at once: the front reads the client only on credit
+            self._took()
             return piece
         finally:
             worker.quiet -= 1
+
+    def taken(self, view: memoryview) -> None:
+        """The caller of ``read_body(lend=True)`` has copied the piece it was lent: release
+        it, and count it toward the next CREDIT."""
+        view.release()
+        worker = self.worker
+        worker.quiet += 1
+        try:
+            self._took()
+        finally:
+            worker.quiet -= 1
+
+    def _took(self) -> None:
+        self.consumed += 1
+        if self.consumed >= max(1, self.worker.cfg.window // 2):
+            self._grant()
+            self.worker.flush(self.front)  # at once: the front reads the client only on credit
 
     def _grant(self) -> None:
         if self.consumed > 0:
