@@ -14,7 +14,8 @@ sockets, the gevent runner on greenlet events):
     channel.send_chunk(data) -> bool            one CHUNK under credit; False if cancelled
     channel.end(flags, tail)                    the final END record
     channel.cancelled                           the front gave up on the request
-    channel.read_body() -> bytes                the next piece of request body, b"" at end
+    channel.read_body(lend) -> bytes | view     the next piece of request body, b"" at end
+    channel.taken(view)                         a lent piece is copied: credit may follow
 
 What the client gets:
 
@@ -200,9 +201,11 @@ class BodyInput:
 
     Holds at most one chunk beyond what the app asked for, except what a single read asks
     for (``read()`` holds the whole body it returns). Reads return ``b""`` at the end of the
-    body (``wsgi.input_terminated`` is true). ``channel.read_body()`` returns the next piece,
-    ``b""`` at the end, and may raise ``ClientDisconnected``; it is not called again after
-    the end.
+    body (``wsgi.input_terminated`` is true). ``channel.read_body(lend)`` returns the next
+    piece, ``b""`` at the end, and may raise ``ClientDisconnected``; it is not called again
+    after the end. With ``lend`` true it may return a view of the piece instead (a slot of
+    the worker's body ring), which the reader copies and hands back with
+    ``channel.taken(view)`` before it calls again.
 
     Every way of reading costs time linear in what it returns: between calls the buffer is
     the unread tail of the last piece (``rest`` from ``start``), and a call that needs more
@@ -239,7 +242,7 @@ class BodyInput:
         if self.eof:
             return b""
         try:
-            data = self.channel.read_body(lend) if lend else self.channel.read_body()
+            data = self.channel.read_body(lend)
         except BaseException:
             self.rest, self.start = gathered.value(), 0
             raise
