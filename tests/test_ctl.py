@@ -63,7 +63,8 @@ def worker(pid: int, state: str, capacity: int, n: int, served: int, busy: float
             "in_flight": 1 if state == "serving" else 0, "served": served * n,
             "busy_seconds": busy * n, "busy_share": 0.25, "connected_for": 10.0 * n,
             "last_heard": 0.2, "concurrent": False, "foreign": False,
-            "body_ring": 4 if state == "serving" else 0}
+            "body_ring": 4 if state == "serving" else 0,
+            "pipe": state == "serving"}
 
 
 def front_status(n: int, **extra: Any) -> dict[str, Any]:
@@ -194,11 +195,13 @@ def test_front_status_text() -> None:
     assert "\n\n" in text
     header = next(line for line in lines if line.startswith("POOL"))
     assert header.split() == ["POOL", "VERSION", "HOST", "MASTER", "PID", "STATE", "CAP",
-                              "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING"]
+                              "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING", "PIPE"]
     rows = lines[lines.index(header) + 1:]
     assert [row.split() for row in rows] == [
-        ["web", "1.4", "h1", "4300", "4301", "serving", "2", "1", "150", "25.0", "0.2s", "4"],
-        ["web", "1.4", "h1", "4300", "4302", "drained", "1", "0", "60", "25.0", "0.2s", "-"],
+        ["web", "1.4", "h1", "4300", "4301", "serving", "2", "1", "150", "25.0", "0.2s", "4",
+         "yes"],
+        ["web", "1.4", "h1", "4300", "4302", "drained", "1", "0", "60", "25.0", "0.2s", "-",
+         "-"],
     ]
     assert len({len(row) for row in rows}) == 1  # aligned columns (right-aligned numbers)
 

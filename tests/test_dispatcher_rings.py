@@ -162,7 +162,8 @@ def describe(data: bytes) -> str:
 class Shape(NamedTuple):
     """A worker to connect: with a ring or not, its READY and its ring's cut, how it serves
     (concurrent: at once; else in order) and when it copies a BODY_AT piece out (lazy: when
-    its app consumes it; else when it takes the record)."""
+    its app consumes it; else when it takes the record), and whether it offers a pipe
+    after its ring (the front's frames then come through it, after PIPED)."""
 
     ring: bool = True
     capacity: int = 2
@@ -171,12 +172,13 @@ class Shape(NamedTuple):
     slot_size: int = 4096
     concurrent: bool = False
     lazy: bool = True
+    pipe: bool = False
 
 
 SHAPES = st.builds(Shape, ring=st.sampled_from([True, True, True, False]),
                    capacity=st.integers(1, 3), window=st.integers(1, 4),
                    groups=st.integers(1, 3), slot_size=st.sampled_from([4096, 8192]),
-                   concurrent=st.booleans(), lazy=st.booleans())
+                   concurrent=st.booleans(), lazy=st.booleans(), pipe=st.booleans())
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -283,6 +285,7 @@ class Worker:
     serving: dict[int, Serving] = field(default_factory=dict)  # by rid, every REQUEST
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     lost: bool = False
+    piped: bool = False  # it got PIPED: the front's frames now come through its pipe
 
     @property
     def ident(self) -> bytes:
@@ -528,6 +531,11 @@ class RingsMachine(Driving, RuleBasedStateMachine):
             kind, rid, payload = record
             if kind == p.HEARTBEAT:
                 continue
+            if kind == p.PIPED:
+                if not w.shape.pipe or w.piped:
+                    self.violation(f"{w} got PIPED (pipe {w.shape.pipe}, piped {w.piped})")
+                w.piped = True
+                continue
             w.inbox.append(record)
             name = p.KIND_NAMES.get(kind, str(kind))
             want = w.expected.popleft() if w.expected else None
@@ -703,11 +711,19 @@ class RingsMachine(Driving, RuleBasedStateMachine):
         else:
             self.expect_final(r, FINALS[how])
 
-    def lose_worker(self, w: Worker) -> None:
+    def lose_worker(self, w: Worker, by_pipe: bool = False) -> None:
         """``_drop`` (model): every slot and group is free, the ring unmapped; what it held
-        fails over (``_fail_over``)."""
+        fails over (``_fail_over``). ``by_pipe``: a worker whose pipe is on closes only its
+        pipe first; the dispatcher's next frame to it (a probe) finds the pipe closed and
+        drops it then, with its socket still connected."""
         assert self.backend is not None
         with self.step():
+            if by_pipe and w.piped:
+                assert w.wire.pipe is not None
+                w.wire.pipe.close()
+                self.backend.probe()
+                if w.ident in self.d.peers:
+                    self.violation(f"{w}: its pipe closed, the dispatcher kept it")
             order = list(w.slots)
             running = order[0] if order else None
             for slot in order:
@@ -754,6 +770,12 @@ class RingsMachine(Driving, RuleBasedStateMachine):
                 w.free = [g * shape.window for g in range(shape.groups - 1, -1, -1)]
                 wire.send(w.ring.offer(os.getpid()))
                 senders.append(wire)
+            if shape.pipe:
+                with self.step() as senders:
+                    wire.offer_pipe()
+                    senders.append(wire)
+                if not w.piped:
+                    self.violation(f"{w} offered a pipe and got no PIPED")
         return w
 
     # -- the sink's side -------------------------------------------------------------------
@@ -859,6 +881,8 @@ class RingsMachine(Driving, RuleBasedStateMachine):
                                 f"{w.taken.window} slots of {w.taken.slot_size}")
         if peer.ring is not w.taken:
             problems.append(f"{w}: the dispatcher's ring is {peer.ring!r}, not {w.taken!r}")
+        if (peer.pipe is not None) != w.piped:
+            problems.append(f"{w}: the dispatcher's pipe is {peer.pipe!r}, piped {w.piped}")
         if w.taken is not None:
             if w.taken.held != w.held or w.taken.free != w.free:
                 problems.append(f"{w}: groups held {w.taken.held}, free {w.taken.free}; "
@@ -1029,11 +1053,11 @@ class RingsMachine(Driving, RuleBasedStateMachine):
 
     @precondition(lambda self: self.open_workers() and len(self.workers) < MAX_CONNECTS
                   and self.since("lose", LOSS_EVERY))
-    @rule(index=st.integers(0, 3))
-    def lose(self, index: int) -> None:
+    @rule(index=st.integers(0, 3), by_pipe=st.booleans())
+    def lose(self, index: int, by_pipe: bool) -> None:
         candidates = self.open_workers()
         self.last["lose"] = self.steps
-        self.lose_worker(candidates[index % len(candidates)])
+        self.lose_worker(candidates[index % len(candidates)], by_pipe)
 
     @precondition(lambda self: any(r.at is not None for r in self.reqs)
                   and self.since("timeout", TIMEOUT_EVERY))

@@ -72,7 +72,7 @@ def test_a_frame_of_no_records_is_valid_and_empty() -> None:
 def test_kinds_are_distinct_and_named() -> None:
     kinds = [p.REQUEST, p.BODY, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL, p.READY,
              p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY, p.STATS, p.RING,
-             p.BODY_AT]
+             p.BODY_AT, p.PIPE, p.PIPED]
     assert len(set(kinds)) == len(kinds)
     assert set(p.KIND_NAMES) == set(kinds)
 
@@ -273,13 +273,22 @@ def test_frame_of_every_kind_keeps_order() -> None:
         p.encode_signal(p.REJECT, 3), p.encode_signal(p.BYE),
         p.encode_job(4, 0, "s", "", "", "MDP02", [b"x"], 8), p.encode_job_reply(4, 1, []),
         p.encode_stats(b"{}"), p.encode_ring(7, 3, 8, 4096, bytes(16)),
-        p.encode_body_at(1, 2, 3),
+        p.encode_body_at(1, 2, 3), p.encode_pipe(7, 5), p.encode_signal(p.PIPED),
     ]
     kinds = [r.kind for r in p.split_frame(p.frame(records))]
     assert kinds == [p.REQUEST, p.BODY, p.END, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL,
                      p.READY, p.HEARTBEAT, p.ERROR, p.REJECT, p.BYE, p.JOB, p.JOB_REPLY,
-                     p.STATS, p.RING, p.BODY_AT]
+                     p.STATS, p.RING, p.BODY_AT, p.PIPE, p.PIPED]
     assert set(kinds) == set(p.KIND_NAMES)
+
+
+def test_pipe_round_trip_and_refusals() -> None:
+    (record,) = p.split_frame(p.frame([p.encode_pipe(4_000_000, 9)]))
+    assert (record.kind, record.rid) == (p.PIPE, 0)
+    assert p.decode_pipe(record.payload) == (4_000_000, 9)
+    for payload in (b"", b"\0" * 7, b"\0" * 9):
+        with pytest.raises(ProtocolError, match="PIPE of"):
+            p.decode_pipe(payload)
 
 
 # -- malformed input ---------------------------------------------------------------------------
@@ -292,7 +301,7 @@ MALFORMED_FRAMES = {
     "version 2": (b"\x02" + p.encode_signal(p.HEARTBEAT), "version 2"),
     "version 255, no records": (b"\xff", "version 255"),
     "unknown kind 0": (V + raw_record(0, 0, b""), "unknown record kind 0"),
-    "unknown kind 18": (V + raw_record(18, 1, b"abcd"), "unknown record kind 18"),
+    "unknown kind 20": (V + raw_record(20, 1, b"abcd"), "unknown record kind 20"),
     "unknown kind 255": (V + raw_record(255, 1, b""), "unknown record kind 255"),
     "one stray byte": (V + b"\x09", "truncated record head"),
     "head cut at 12 bytes": (V + p.encode_signal(p.BYE)[:12], "truncated record head"),

@@ -1675,6 +1675,10 @@ class BodyRing(Setting):
     bodies of a worker on another host, travel in messages as before. On a front, 0 takes
     no worker's ring. Uploads took 0.5-0.75x the time with rings as without (the README's
     "Big uploads").
+
+    With its ring a worker offers a pipe, and a front that took the ring sends that
+    worker all its messages through the pipe instead of ZeroMQ (``docs/protocol.md``,
+    "The frame pipe"); 0 turns that off too.
     """
 
 class LogLevel(Setting):

@@ -66,6 +66,12 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     /proc/PID/fd/FD (``docs/protocol.md``, section 7), in a frame of its own
     BODY_AT   F->W  slot:u32 length:u32: the next piece of the request body is in that
                     slot of the worker's ring (sent instead of BODY once the ring is taken)
+    PIPE      W->F  pid:u32 fd:u32: the worker whose ring the front took offers a pipe,
+                    /proc/PID/fd/FD (its read end), for the front's frames, in a frame of
+                    its own after RING
+    PIPED     F->W  empty: the front took the pipe; this is the last frame it sends the
+                    worker through the socket. Every later one is in the pipe, each after
+                    its length (u32), in order
 
 Every exchange the front dispatched ends with exactly one final record from the worker:
 RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
@@ -104,12 +110,14 @@ JOB_REPLY: Final = 14
 STATS: Final = 15
 RING: Final = 16
 BODY_AT: Final = 17
+PIPE: Final = 18
+PIPED: Final = 19
 
 KIND_NAMES: Final = {
     REQUEST: "REQUEST", BODY: "BODY", RESPONSE: "RESPONSE", CHUNK: "CHUNK", END: "END",
     CREDIT: "CREDIT", CANCEL: "CANCEL", READY: "READY", HEARTBEAT: "HEARTBEAT",
     ERROR: "ERROR", REJECT: "REJECT", BYE: "BYE", JOB: "JOB", JOB_REPLY: "JOB_REPLY",
-    STATS: "STATS", RING: "RING", BODY_AT: "BODY_AT",
+    STATS: "STATS", RING: "RING", BODY_AT: "BODY_AT", PIPE: "PIPE", PIPED: "PIPED",
 }
 
 # REQUEST flags
@@ -182,6 +190,9 @@ U32: Final = struct.Struct("!I")
 READY_HEAD: Final = struct.Struct("!IHIB")
 RING_HEAD: Final = struct.Struct("!IIII16s")
 BODY_AT_HEAD: Final = struct.Struct("!II")
+PIPE_HEAD: Final = struct.Struct("!II")
+#: Each frame on a pipe (PIPE) is preceded by its length.
+PIPE_FRAME_HEAD: Final = struct.Struct("!I")
 JOB_HEAD: Final = struct.Struct("!BIHHII")
 JOB_REPLY_HEAD: Final = struct.Struct("!BH")
 #: Most frames one job or reply may have (MDP puts no bound on them; we do).
@@ -192,7 +203,8 @@ _MIN_PAYLOAD: Final = {
     REQUEST: REQUEST_HEAD.size, BODY: 0, RESPONSE: RESPONSE_HEAD.size, CHUNK: 0, END: 0,
     CREDIT: U32.size, CANCEL: 0, READY: READY_HEAD.size, HEARTBEAT: 0, ERROR: U16.size,
     REJECT: 0, BYE: 0, JOB: JOB_HEAD.size, JOB_REPLY: JOB_REPLY_HEAD.size,
-    STATS: 2, RING: RING_HEAD.size, BODY_AT: BODY_AT_HEAD.size,
+    STATS: 2, RING: RING_HEAD.size, BODY_AT: BODY_AT_HEAD.size, PIPE: PIPE_HEAD.size,
+    PIPED: 0,
 }
 _STRINGS_BEFORE_HEADERS: Final = 6
 
@@ -550,6 +562,19 @@ def decode_ring(payload: bytes) -> RingOffer:
 def encode_body_at(rid: int, slot: int, length: int) -> bytes:
     """Encode BODY_AT: the next piece of ``rid``'s body, ``length`` bytes in ``slot``."""
     return _pack_record(BODY_AT, rid, BODY_AT_HEAD.size) + BODY_AT_HEAD.pack(slot, length)
+
+
+def encode_pipe(pid: int, fd: int) -> bytes:
+    """Encode PIPE: the worker reads the front's frames from the pipe ``/proc/PID/fd/FD``."""
+    return _pack_record(PIPE, 0, PIPE_HEAD.size) + PIPE_HEAD.pack(pid, fd)
+
+
+def decode_pipe(payload: bytes) -> tuple[int, int]:
+    """Decode a PIPE payload into (pid, fd)."""
+    if len(payload) != PIPE_HEAD.size:
+        raise ProtocolError(f"PIPE of {len(payload)} bytes, not {PIPE_HEAD.size}")
+    pid, fd = PIPE_HEAD.unpack(payload)
+    return pid, fd
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

@@ -36,10 +36,11 @@ import hmac
 import mmap
 import os
 import stat
-from collections.abc import Container
-from typing import Final
+from collections.abc import Callable, Container
+from typing import Any, Final
 
 from wsgi_zmq import protocol
+from wsgi_zmq.errors import ProtocolError
 from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC, RingOffer
 
 #: Can this system make rings at all (Linux: memfd and file seals)?
@@ -213,7 +214,8 @@ def open_ring(offer: RingOffer, window: int, taken: set[tuple[int, int]]) -> Bod
     if not hmac.compare_digest(mm[:_NONCE_AT + _NONCE_SIZE], RING_MAGIC + offer.nonce):
         mm.close()
         raise RingRefused(f"{path} does not hold the ring offered (its header differs)")
-    return BodyRing(mm, (before.st_dev, before.st_ino), offer.slot_size, window, groups)
+    return BodyRing(mm, (before.st_dev, before.st_ino), offer.slot_size, window, groups,
+                    offer.pid)
 
 
 class PieceCopies:
@@ -263,11 +265,13 @@ class BodyRing:
     two make up the ring's groups, each once.
     """
 
-    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held")
+    __slots__ = ("mm", "memory", "key", "slot_size", "window", "groups", "free", "held",
+                 "pid")
 
     def __init__(self, mm: mmap.mmap, key: tuple[int, int], slot_size: int, window: int,
-                 groups: int) -> None:
+                 groups: int, pid: int = 0) -> None:
         self.mm = mm
+        self.pid = pid  # the process whose descriptor it was (the one that knew its nonce)
         self.memory = memoryview(mm)  # released before the map closes (``close``)
         self.key = key
         self.slot_size = slot_size
@@ -325,3 +329,192 @@ class BodyRing:
             f"ring groups {sorted(bases)}: lost or twice"
         for rid in self.held:
             assert rid in holders, f"request {rid:x} holds a ring group but not its worker"
+
+
+
+# -- the frame pipe ------------------------------------------------------------------------
+
+#: The most the front keeps of frames its pipe to a worker could not take yet; past it the
+#: worker counts as not reading and is dropped (as a ROUTER peer past its high-water mark).
+PIPE_BACKLOG: Final = 64 << 20
+#: The capacity the front asks for a pipe (``F_SETPIPE_SZ``; Linux's default is 64 KiB,
+#: and 1 MiB is the most an unprivileged process may ask by default).
+PIPE_SIZE: Final = 1 << 20
+#: The longest frame a worker accepts from its pipe: longer, the stream is broken.
+MAX_PIPE_FRAME: Final = 1 << 30
+_PIPE_READ: Final = 1 << 16
+_frame_head = protocol.PIPE_FRAME_HEAD.pack
+_unpack_frame_head = protocol.PIPE_FRAME_HEAD.unpack_from
+_FRAME_HEAD_SIZE: Final = protocol.PIPE_FRAME_HEAD.size
+
+
+class WorkerPipe:
+    """The worker's end of the pipe its front writes frames into (PIPE, ``docs/protocol.md``
+    section 7): the read end of a pipe whose write end the worker closes at once, so the
+    only writer is the front, which opens ``/proc/PID/fd/FD``; the end of its file means
+    the front closed it. ``on`` says the front switched to it (PIPED): from then on the
+    front's frames come only this way, each after its length (u32)."""
+
+    __slots__ = ("fd", "buffer", "on")
+
+    def __init__(self) -> None:
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.close(write)
+        self.fd = read
+        self.buffer = bytearray()
+        self.on = False
+
+    def offer(self, pid: int) -> bytes:
+        """The PIPE record that offers this pipe to a front."""
+        return protocol.encode_pipe(pid, self.fd)
+
+    def frames(self) -> tuple[list[bytes], bool]:
+        """Read what the pipe holds: its whole frames, and whether the front closed its end.
+        Raises ``ProtocolError`` for a frame longer than ``MAX_PIPE_FRAME``."""
+        buffer = self.buffer
+        ended = False
+        try:
+            while True:
+                data = os.read(self.fd, _PIPE_READ)
+                if not data:
+                    ended = True
+                    break
+                buffer += data
+                if len(data) < _PIPE_READ:
+                    break
+        except BlockingIOError:
+            pass
+        frames = []
+        pos = 0
+        size = len(buffer)
+        while pos + _FRAME_HEAD_SIZE <= size:
+            (length,) = _unpack_frame_head(buffer, pos)
+            if length > MAX_PIPE_FRAME:
+                raise ProtocolError(f"a frame of {length} bytes in the pipe")
+            start = pos + _FRAME_HEAD_SIZE
+            if start + length > size:
+                break
+            frames.append(bytes(buffer[start:start + length]))
+            pos = start + length
+        if pos:
+            del buffer[:pos]
+        return frames, ended
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.buffer = bytearray()
+
+
+def open_pipe(pid: int, fd: int, taken: Container[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
+    """Open a write end of the pipe a worker offers as ``/proc/PID/fd/FD`` (PIPE), after
+    checking that it is a pipe of the front's own user that no other worker offered;
+    ``taken`` holds the (device, inode) of the others. Returns the descriptor and the key.
+    Raises ``RingRefused``."""
+    path = f"/proc/{pid}/fd/{fd}"
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISFIFO(before.st_mode):
+        raise RingRefused(f"{path} is no pipe")
+    euid = os.geteuid()
+    if before.st_uid != euid and euid != 0:
+        raise RingRefused(f"{path} belongs to uid {before.st_uid}, not to the front's")
+    key = (before.st_dev, before.st_ino)
+    if key in taken:
+        raise RingRefused(f"{path} is another worker's pipe")
+    try:
+        out = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    try:
+        now = os.fstat(out)
+    except OSError as exc:
+        os.close(out)
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    if (now.st_dev, now.st_ino) != key or not stat.S_ISFIFO(now.st_mode):
+        os.close(out)
+        raise RingRefused(f"{path} changed while it was opened")
+    try:
+        fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # a pipe of the default size serves too, in more writes
+    return out, key
+
+
+class PeerPipe:
+    """The front's end of a worker's pipe: each frame written after its length; what the
+    pipe cannot take yet is kept (``pending``, up to ``PIPE_BACKLOG``) and written as the
+    pipe drains, by ``watcher`` (a loop watcher for writability, active exactly while
+    something is pending). ``on_broken`` is called when a later write finds the worker's
+    end closed (``send`` returns False for that itself)."""
+
+    __slots__ = ("fd", "key", "pending", "watcher", "broken", "on_broken")
+
+    def __init__(self, fd: int, key: tuple[int, int], loop: Any,
+                 on_broken: Callable[[], None]) -> None:
+        self.fd = fd
+        self.key = key
+        self.pending = bytearray()
+        self.watcher = loop.io(fd, 2)  # 2: writable (libev's EV_WRITE)
+        self.broken = False
+        self.on_broken = on_broken
+
+    def send(self, frame: bytes) -> bool:
+        """Write ``frame``, or keep it to write when the pipe can take it; False if the
+        worker's end is closed or the worker lets too much wait (drop the worker)."""
+        if self.broken:
+            return False
+        pending = self.pending
+        head = _frame_head(len(frame))
+        if pending:
+            if len(pending) + len(frame) > PIPE_BACKLOG:
+                self.broken = True
+                return False
+            pending += head
+            pending += frame
+            return True
+        try:
+            written = os.writev(self.fd, (head, frame))
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.broken = True
+            return False
+        if written < _FRAME_HEAD_SIZE + len(frame):
+            if written < _FRAME_HEAD_SIZE:
+                pending += head[written:]
+                pending += frame
+            else:
+                pending += memoryview(frame)[written - _FRAME_HEAD_SIZE:]
+            self.watcher.start(self._write)
+        return True
+
+    def _write(self) -> None:
+        try:
+            written = os.write(self.fd, self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.watcher.stop()
+            self.broken = True
+            self.on_broken()
+            return
+        del self.pending[:written]
+        if not self.pending:
+            self.watcher.stop()
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        os.close(self.fd)
+        self.fd = -1
+        self.pending = bytearray()
+
+    def check(self) -> None:
+        assert self.fd >= 0, "a closed pipe in use"
+        assert bool(self.pending) == bool(self.watcher.active), \
+            f"{len(self.pending)} bytes pending, writer {'on' if self.watcher.active else 'off'}"
+        assert len(self.pending) <= PIPE_BACKLOG + MAX_PIPE_FRAME, "pipe backlog unbounded"

@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import re
+import select
 import signal
 import socket
 import threading
@@ -28,8 +29,9 @@ import zmq
 
 from support import connect, get, poll_until, read_responses
 from wsgi_zmq import protocol
+from wsgi_zmq.control import call
 from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC
-from wsgi_zmq.ring import SUPPORTED, WorkerRing
+from wsgi_zmq.ring import SUPPORTED, WorkerPipe, WorkerRing
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="no memfd seals on this system")
 
@@ -199,18 +201,40 @@ class RawWorker:
         self.sock.connect(endpoint)
         self.send(protocol.encode_ready(1, self.WINDOW, pid, HOST))
         self.ring: WorkerRing | None = None
+        self.pipe: WorkerPipe | None = None  # once PIPED came (``on``), the front's frames
         self.kinds: list[int] = []  # of the body records of the last upload
 
     def send(self, record: bytes) -> None:
         self.sock.send(protocol.frame([record]))
 
+    def offer_pipe(self, pid: int | None = None, fd: int | None = None) -> None:
+        """Offer a pipe (PIPE): this process's own, unless ``pid`` or ``fd`` say else."""
+        self.pipe = WorkerPipe()
+        self.send(protocol.encode_pipe(os.getpid() if pid is None else pid,
+                                       self.pipe.fd if fd is None else fd))
+
     def records(self, timeout: float) -> Iterator[protocol.Record]:
+        """What the front sends, through the socket until PIPED, then through the pipe
+        (nothing may come through the socket after PIPED)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             assert left > 0, "the front sent nothing in time"
+            pipe = self.pipe
+            if pipe is not None and pipe.on:
+                assert not self.sock.poll(0), "a frame through the socket after PIPED"
+                if select.select([pipe.fd], [], [], min(left, 0.5))[0]:
+                    frames, ended = pipe.frames()
+                    assert not ended, "the front closed the pipe"
+                    for data in frames:
+                        yield from protocol.split_frame(data)
+                continue
             if self.sock.poll(int(left * 1000)):
-                yield from protocol.split_frame(self.sock.recv())
+                for record in protocol.split_frame(self.sock.recv()):
+                    if record.kind == protocol.PIPED:
+                        assert pipe is not None and not pipe.on, "PIPED, no pipe offered"
+                        pipe.on = True
+                    yield record
 
     def serve_upload(self, timeout: float = 30.0) -> bytes:
         """Take a REQUEST, grant a window, take its body (BODY or BODY_AT, granting one
@@ -243,6 +267,8 @@ class RawWorker:
         self.sock.close(linger=0)
         if self.ring is not None:
             self.ring.close()
+        if self.pipe is not None:
+            self.pipe.close()
 
 
 def _put_async(port: int, body: bytes, statuses: list[int]) -> threading.Thread:
@@ -513,3 +539,146 @@ def test_a_client_that_waits_for_100_continue_gets_no_early_credit(stack):
     finally:
         raw.close()
         ctx.term()
+
+
+# -- the frame pipe ----------------------------------------------------------------------------
+
+PIPED_LOG = r"Worker (\d+)@\S+ reads the front's frames from a pipe"
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+def test_a_local_worker_reads_the_fronts_frames_from_a_pipe(stack, worker_class):
+    """1. a front and one worker (sync or gevent): the worker offers a pipe with its ring,
+    the front takes it (logged; ``status`` shows ``pipe``) 2. GETs, uploads with
+    Content-Length and chunked, pipelined requests: all answered, every byte right
+    3. SIGKILL of the worker: the front drops it; the pool's next worker gets a pipe of
+    its own, and serves."""
+    control = str(stack.tmp_path / "front.ctl")
+    front, handler, port = stack.serve(front_args=("--control-socket", control),
+                                       handler_args=("--worker-class", worker_class))
+    pid = int(front.wait_for_log(PIPED_LOG).group(1))
+    [pool] = call(control, "status")["pools"]
+    assert [(w["pid"], w["pipe"]) for w in pool["workers"]] == [(pid, True)]
+    for size in (0, 1, 300_000, 3 << 20):
+        _check(port, os.urandom(size))
+    _check(port, os.urandom(1 << 20), "chunked")
+    with connect(port) as sock:
+        sock.sendall(get("/") * 20)
+        responses, _ = read_responses(sock, 20)
+    assert [r.status for r in responses] == [200] * 20
+    os.kill(pid, signal.SIGKILL)
+    other = int(front.wait_for_log(PIPED_LOG, count=2).group(1))
+    assert other != pid
+    poll_until(lambda: [w["pid"] for w in call(control, "status")["pools"][0]["workers"]]
+               == [other], 20, message="the killed worker to be dropped")
+    _check(port, os.urandom(1 << 20))
+    _hello(port)
+
+
+def test_a_raw_worker_gets_every_frame_through_its_pipe_after_piped(stack):
+    """1. a raw worker offers a ring, then a pipe: PIPED comes through the socket, and
+    from then on every record (REQUEST, BODY_AT, END, HEARTBEAT) through the pipe; an upload
+    arrives whole 2. the worker closes its pipe, its socket still open: the front's next
+    frame finds the pipe closed and drops the worker (logged) 3. the front serves on."""
+    front, port, endpoint = stack.front("--heartbeat", "1")
+    ctx = zmq.Context()
+    raw = RawWorker(ctx, endpoint, 4501)
+    try:
+        front.wait_for_log(r"Worker 4501@\S+ connected")
+        raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+        raw.send(raw.ring.offer(os.getpid()))
+        front.wait_for_log(r"Worker 4501@\S+ shares a body ring")
+        raw.offer_pipe()
+        front.wait_for_log(r"Worker 4501@\S+ reads the front's frames from a pipe")
+        kinds = _serve_one(raw, port)
+        assert raw.pipe is not None and raw.pipe.on
+        assert kinds.count(protocol.BODY_AT) >= 10, kinds
+        raw.pipe.close()
+        front.wait_for_log(r"Worker 4501@\S+ lost \(its pipe closed\)")
+        handler = stack.handler("apps.echo:router", endpoint)
+        front.wait_for_log(PIPED_LOG)
+        assert handler.alive()
+        _hello(port)
+    finally:
+        raw.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("case", ["no ring", "other pid", "no pipe", "second", "replay"])
+def test_a_pipe_offer_that_fails_a_check_is_refused_and_frames_go_through_the_socket(
+        stack, case):
+    """A raw worker offers a pipe the front must not take: with no ring taken, naming
+    another process than its ring's, a descriptor that is no pipe (its ring's memfd), a
+    second pipe after one was taken, or another worker's pipe. The front refuses it
+    (logged with the reason) and goes on as before: the upload arrives whole."""
+    front, port, endpoint = stack.front()
+    ctx = zmq.Context()
+    raw = RawWorker(ctx, endpoint, 4601)
+    owner: RawWorker | None = None
+    try:
+        front.wait_for_log(r"Worker 4601@\S+ connected")
+        if case != "no ring":
+            raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+            raw.send(raw.ring.offer(os.getpid()))
+            front.wait_for_log(r"Worker 4601@\S+ shares a body ring")
+        if case == "no ring":
+            raw.offer_pipe()
+            reason = "it shares no body ring"
+        elif case == "other pid":
+            raw.offer_pipe(pid=1)
+            reason = f"process 1 offered it, the ring was process {os.getpid()}'s"
+        elif case == "no pipe":
+            assert raw.ring is not None
+            raw.offer_pipe(fd=raw.ring.fd)
+            reason = "is no pipe"
+        elif case == "second":
+            raw.offer_pipe()
+            front.wait_for_log(r"Worker 4601@\S+ reads the front's frames from a pipe")
+            raw.send(raw.pipe.offer(os.getpid()))  # type: ignore[union-attr]
+            reason = "a second pipe"
+        else:
+            owner = RawWorker(ctx, endpoint, 4602)
+            front.wait_for_log(r"Worker 4602@\S+ connected")
+            owner.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+            owner.send(owner.ring.offer(os.getpid()))
+            front.wait_for_log(r"Worker 4602@\S+ shares a body ring")
+            owner.offer_pipe()
+            front.wait_for_log(r"Worker 4602@\S+ reads the front's frames from a pipe")
+            assert owner.pipe is not None
+            raw.send(protocol.encode_pipe(os.getpid(), owner.pipe.fd))
+            reason = "another worker's pipe"
+        front.wait_for_log(rf"Refused the pipe of <worker 4601\S* [^\n]*{re.escape(reason)}")
+        if owner is not None:  # the pipe's owner leaves, so the upload goes to ``raw``
+            owner.close()
+            owner = None
+            front.wait_for_log(r"Worker 4602@\S+ lost")
+        if case != "second" and raw.pipe is not None:
+            assert not raw.pipe.on
+        _serve_one(raw, port)
+        _hello_via(raw, port)
+    finally:
+        raw.close()
+        if owner is not None:
+            owner.close()
+        ctx.term()
+
+
+def _hello_via(raw: RawWorker, port: int) -> None:
+    """A GET answered by ``raw`` by hand: the front still dispatches to it."""
+    statuses: list[int] = []
+
+    def run() -> None:
+        with connect(port, timeout=30) as sock:
+            sock.sendall(get("/"))
+            [response], _ = read_responses(sock, 1, timeout=30)
+            statuses.append(response.status)
+
+    client = threading.Thread(target=run)
+    client.start()
+    for record in raw.records(30):
+        if record.kind == protocol.REQUEST:
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            raw.send(protocol.encode_response(record.rid, protocol.RESP_END, head))
+            break
+    client.join(30)
+    assert statuses == [200]

@@ -193,10 +193,11 @@ def test_malformed_zmq_messages_are_dropped_by_the_front(stack):
 
 def next_records(router):
     """The records of the worker's next frame that is not its master's STATS or the offer
-    of its body ring (RING): frames of their own, whenever they come."""
+    of its body ring (RING) or pipe (PIPE): frames of their own, whenever they come."""
     while True:
         records = protocol.split_frame(router.recv_multipart()[1])
-        if [r.kind for r in records] not in ([protocol.STATS], [protocol.RING]):
+        if [r.kind for r in records] not in ([protocol.STATS], [protocol.RING],
+                                             [protocol.PIPE]):
             return records
 
 

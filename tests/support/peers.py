@@ -26,6 +26,7 @@ them in the test.
 from __future__ import annotations
 
 import collections
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from wsgi_zmq import protocol
 from wsgi_zmq.config import Config
 from wsgi_zmq.errors import ProtocolError
 from wsgi_zmq.front.dispatcher import Dispatcher
+from wsgi_zmq.ring import WorkerPipe
 
 #: How long ``settle`` and ``wait`` may take before the test fails (a stuck system).
 SETTLE_TIMEOUT = 10.0
@@ -70,6 +72,17 @@ class ScriptedPeer:
         self.closed = False
         self.heartbeats = 0  # HEARTBEAT records received (one per probe)
         self.errors: list[str] = []  # frames from the front that failed to decode
+        # the pipe it offered (``offer_pipe``); once PIPED came, the front's frames are
+        # read from it, and a frame through the socket after PIPED is an error
+        self.pipe: WorkerPipe | None = None
+
+    def offer_pipe(self, pid: int | None = None, fd: int | None = None) -> None:
+        """Make a pipe for the front's frames and offer it (PIPE, in a frame of its own),
+        as a worker does after its RING; ``pid`` and ``fd`` default to this process and
+        the pipe's read end."""
+        self.pipe = WorkerPipe()
+        self.send(protocol.encode_pipe(os.getpid() if pid is None else pid,
+                                       self.pipe.fd if fd is None else fd))
 
     def send(self, *records: bytes) -> None:
         """Send ``records`` as one frame."""
@@ -88,19 +101,45 @@ class ScriptedPeer:
             try:
                 data = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return records
+                break
+            if self.pipe is not None and self.pipe.on:
+                self.errors.append(f"{self.ident!r} got a frame through the socket after "
+                                   f"PIPED")
+            self._take(data, records)
+        pipe = self.pipe
+        if pipe is not None and pipe.on and pipe.fd >= 0:
             try:
-                got = protocol.split_frame(data)
+                frames, ended = pipe.frames()
             except ProtocolError as exc:
-                self.errors.append(f"{self.ident!r} got a malformed frame: {exc}")
-                continue
-            self.heartbeats += sum(r.kind == protocol.HEARTBEAT for r in got)
-            records.extend(got)
+                self.errors.append(f"{self.ident!r}: its pipe broke: {exc}")
+                return records
+            for data in frames:
+                self._take(data, records)
+            if ended:
+                pipe.close()  # the front forgot this peer
+        return records
+
+    def _take(self, data: bytes, records: list[protocol.Record]) -> None:
+        try:
+            got = protocol.split_frame(data)
+        except ProtocolError as exc:
+            self.errors.append(f"{self.ident!r} got a malformed frame: {exc}")
+            return
+        self.heartbeats += sum(r.kind == protocol.HEARTBEAT for r in got)
+        for record in got:
+            if record.kind == protocol.PIPED:
+                if self.pipe is None or self.pipe.on:
+                    self.errors.append(f"{self.ident!r} got PIPED, not offering a pipe")
+                else:
+                    self.pipe.on = True
+        records.extend(got)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.sock.close(linger=0)
+            if self.pipe is not None:
+                self.pipe.close()
 
 
 class Backend:

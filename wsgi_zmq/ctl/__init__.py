@@ -281,7 +281,7 @@ def worker_table(pools: list[Any]) -> list[str]:
     """The workers of the front's ``status`` ``pools``, one row each, grouped by pool."""
     jobs = any(_dict(pool).get("service") for pool in pools)
     headers = ["POOL", *(["SERVICE"] if jobs else []), "VERSION", "HOST", "MASTER", "PID",
-               "STATE", "CAP", "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING"]
+               "STATE", "CAP", "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING", "PIPE"]
     rows = []
     for pool in pools:
         pool = _dict(pool)
@@ -294,10 +294,11 @@ def worker_table(pools: list[Any]) -> list[str]:
                          worker.get("capacity"), worker.get("in_flight"), worker.get("served"),
                          format_share(_number(worker.get("busy_share"))),
                          format_seconds(worker.get("last_heard")),
-                         worker.get("body_ring") or "-"])
+                         worker.get("body_ring") or "-",
+                         "yes" if worker.get("pipe") else "-"])
     if not rows:
         return ["no handler workers connected"]
-    numbers = {"MASTER", "PID", "CAP", "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING"}
+    numbers = {"MASTER", "PID", "CAP", "INFLIGHT", "SERVED", "BUSY%", "HEARD", "RING", "PIPE"}
     return format_table(headers, rows, right={i for i, h in enumerate(headers) if h in numbers})
 
 

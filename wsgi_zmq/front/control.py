@@ -244,6 +244,7 @@ def pools(dispatcher: Any, now: float) -> list[dict[str, Any]]:
                 "connected_for": round(age, 3), "last_heard": round(now - peer.heard, 3),
                 "concurrent": peer.concurrent, "foreign": peer.link is not None,
                 "body_ring": peer.ring.groups if peer.ring is not None else 0,
+                "pipe": peer.pipe is not None,
             })
         out.append({"name": name, "version": version, "host": host, "master": master,
                     "service": service, "drained": name in dispatcher.drained_pools,

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable
@@ -82,6 +83,8 @@ from wsgi_zmq.protocol import (
     HEARTBEAT,
     JOB_FINAL,
     JOB_REPLY,
+    PIPE,
+    PIPED,
     READY,
     REJECT,
     RESP_END,
@@ -89,7 +92,7 @@ from wsgi_zmq.protocol import (
     RING,
     STATS,
 )
-from wsgi_zmq.ring import BodyRing, RingRefused, open_ring
+from wsgi_zmq.ring import BodyRing, PeerPipe, RingRefused, open_pipe, open_ring
 
 log = logging.getLogger("wsgi_zmq.error.dispatcher")
 
@@ -342,7 +345,7 @@ class Peer:
                  "gone", "line", "progress", "concurrent", "failures", "ejections",
                  "ejected_until", "probe_rid", "probed_at", "lane", "idempotent", "link",
                  "pool", "version", "master", "drained", "served", "busy", "changed",
-                 "heard", "since", "ring")
+                 "heard", "since", "ring", "pipe")
 
     def __init__(self, ident: bytes, capacity: int, window: int, pid: int, host: str,
                  lane: Lane) -> None:
@@ -384,6 +387,8 @@ class Peer:
         # the body ring it shares (a worker on this host, RING): its requests' bodies go
         # into it, BODY_AT records tell where
         self.ring: BodyRing | None = None
+        # the pipe it reads our frames from instead of the ROUTER (PIPE, once PIPED went)
+        self.pipe: PeerPipe | None = None
 
     @property
     def inflight(self) -> int:
@@ -950,6 +955,11 @@ class Dispatcher:
             if peer.ring is not None:
                 assert self.rings.get(peer.ring.key) is peer, f"{peer!r}: its ring unfiled"
                 peer.ring.check(peer.slots)
+            if peer.pipe is not None:
+                assert peer.ring is not None and peer.link is None, \
+                    f"{peer!r}: a pipe without its ring"
+                peer.pipe.check()
+                assert not peer.pipe.broken, f"{peer!r}: kept with a broken pipe"
         for key, peer in self.rings.items():
             assert peer.ring is not None and peer.ring.key == key, f"ring {key} misfiled"
             assert self.peers.get(peer.ident) is peer, f"{peer!r} gone, its ring kept"
@@ -1121,6 +1131,10 @@ class Dispatcher:
                 if not peer.link.deliver(peer, records):
                     self._drop(peer, "its connection is gone")
                 continue
+            if peer.pipe is not None:
+                if not peer.pipe.send(b"".join((_VERSION_BYTE, *records))):
+                    self._drop(peer, "its pipe closed")
+                continue
             try:
                 send(peer.ident, _SNDMORE | _NOBLOCK)
                 send(b"".join((_VERSION_BYTE, *records)), _NOBLOCK)
@@ -1137,6 +1151,11 @@ class Dispatcher:
             if peer.link.deliver(peer, pending + records):
                 return True
             self._drop(peer, "its connection is gone")
+            return False
+        if peer.pipe is not None:
+            if peer.pipe.send(protocol.frame(pending + records)):
+                return True
+            self._drop(peer, "its pipe closed")
             return False
         try:
             self._send(peer.ident, _SNDMORE | _NOBLOCK)
@@ -1273,6 +1292,8 @@ class Dispatcher:
                 self._on_bye(peer)
             elif kind == RING:
                 self._on_ring(peer, payload)
+            elif kind == PIPE:
+                self._on_pipe(peer, payload)
             elif kind == STATS:
                 try:
                     stats = protocol.decode_stats(payload)
@@ -1449,6 +1470,39 @@ class Dispatcher:
         log.info("Worker %s@%s shares a body ring: %d request(s) of %d pieces of %d KiB",
                  peer.pid, peer.host, ring.groups, ring.window, ring.slot_size >> 10)
 
+    def _on_pipe(self, peer: Peer, payload: bytes) -> None:
+        """A worker whose ring we took offers a pipe for our frames (``docs/protocol.md``,
+        section 7): open it, send PIPED (the last frame through the ROUTER), and from then
+        on send that worker every frame through the pipe, which skips both sides' ZeroMQ
+        I/O threads. Only from the process whose ring we took: knowing the ring's nonce is
+        what shows the offer comes from that process, not from a peer on another host
+        naming some local process's pipe."""
+        try:
+            pid, fd = protocol.decode_pipe(payload)
+        except ProtocolError as exc:
+            self.malformed.warning("Dropped a malformed PIPE from %r: %s", peer, exc)
+            return
+        ring = peer.ring
+        if ring is None or pid != ring.pid or peer.pipe is not None:
+            self.refused_rings.warning(
+                "Refused the pipe of %r: %s", peer,
+                "a second pipe" if peer.pipe is not None else
+                "it shares no body ring" if ring is None else
+                f"process {pid} offered it, the ring was process {ring.pid}'s")
+            return
+        taken = {p.pipe.key for p in self.peers.values() if p.pipe is not None}
+        try:
+            out, key = open_pipe(pid, fd, taken)
+        except RingRefused as exc:
+            self.refused_rings.warning("Refused the pipe of %r: %s; its frames go through "
+                                       "the socket", peer, exc)
+            return
+        if not self._send_now(peer, [protocol.encode_signal(PIPED)]):
+            os.close(out)
+            return
+        peer.pipe = PeerPipe(out, key, self.loop, lambda: self._drop(peer, "its pipe closed"))
+        log.info("Worker %s@%s reads the front's frames from a pipe", peer.pid, peer.host)
+
     # -- foreign workers ------------------------------------------------------------------
 
     def attach(self, key: bytes, service: str, pid: int, host: str, link: Link) -> Peer:
@@ -1578,6 +1632,9 @@ class Dispatcher:
             peer.ring = None
             del self.rings[ring.key]
             ring.close()
+        if peer.pipe is not None:
+            peer.pipe.close()
+            peer.pipe = None
         if not peer.gone:
             peer.lane.members -= 1
         peer.gone = True

@@ -31,6 +31,7 @@ from typing import Any
 
 from wsgi_zmq.handler.worker import Front, Request, Worker
 from wsgi_zmq.protocol import END_ABORT
+from wsgi_zmq.ring import WorkerPipe
 
 log = logging.getLogger("wsgi_zmq.error.worker")
 
@@ -49,6 +50,7 @@ class GeventRunner:
         self.quit_now = False
         self._dirty: set[Front] = set()
         self._flush_scheduled = False
+        self.pipe_readers: dict[Front, Any] = {}  # the greenlet reading each front's pipe
 
     def prepare(self) -> Any:
         """Patch the standard library before the app is imported, as gunicorn's gevent
@@ -110,7 +112,8 @@ class GeventRunner:
                 self.wakeup.wait(worker.idle_wait)
                 self.wakeup.clear()
         finally:
-            gevent.killall(helpers)
+            gevent.killall(helpers + list(self.pipe_readers.values()))
+            self.pipe_readers.clear()
             if self.quit_now:
                 self.pool.kill()
             self.flush_all()
@@ -125,6 +128,34 @@ class GeventRunner:
     def _watch(self, front: Front) -> None:
         while True:
             self.worker.on_monitor_event(front, front.monitor.recv_multipart())
+
+    def watch_pipe(self, front: Front) -> None:
+        import gevent
+
+        assert front.pipe is not None
+        self.pipe_readers[front] = gevent.spawn(self._read_pipe, front, front.pipe)
+
+    def unwatch_pipe(self, front: Front) -> None:
+        import gevent
+
+        reader = self.pipe_readers.pop(front, None)
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill()  # before its descriptor closes; the reader's own end returns
+
+    def check_pipe(self, front: Front) -> None:
+        assert front.pipe is not None
+        reader = self.pipe_readers.get(front)
+        watched = reader is not None and not reader.dead
+        assert watched == front.pipe.on, f"the pipe of {front.endpoint}: on " \
+            f"{front.pipe.on}, watched {watched}"
+
+    def _read_pipe(self, front: Front, pipe: WorkerPipe) -> None:
+        from gevent.socket import wait_read
+
+        while front.pipe is pipe:
+            wait_read(pipe.fd)
+            self.worker.read_pipe(front)
+            self.flush(front)
 
     # -- requests -----------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class SyncRunner:
         self.poller = zmq.Poller()
         self.by_socket: dict[Any, Front] = {}
         self.by_monitor: dict[Any, Front] = {}
+        self.by_pipe: dict[int, Front] = {}  # the pipes fronts switched to, by descriptor
         self.steal = False  # hand back queued requests behind a slow one (SIGALRM is ours)
         self.timer_armed = False
         self.busy_time = 0.0  # seconds spent serving since the last report
@@ -139,8 +140,13 @@ class SyncRunner:
                 self.drain(front)
             elif sock == self.wake:
                 self.read_wake()
-            else:
+            elif sock in self.by_monitor:
                 self.read_monitor(self.by_monitor[sock])
+            else:
+                # a pipe (one an earlier event of this poll closed is in no map)
+                front = self.by_pipe.get(sock)
+                if front is not None:
+                    worker.read_pipe(front)
 
     def drain(self, front: Front) -> None:
         """Act on every frame ``front`` has sent, until ``Again``."""
@@ -152,6 +158,22 @@ class SyncRunner:
             except _zmq_Again:
                 return
             handle_frame(front, data)
+
+    def watch_pipe(self, front: Front) -> None:
+        assert front.pipe is not None
+        self.by_pipe[front.pipe.fd] = front
+        self.poller.register(front.pipe.fd, zmq.POLLIN)
+
+    def unwatch_pipe(self, front: Front) -> None:
+        assert front.pipe is not None
+        if self.by_pipe.pop(front.pipe.fd, None) is not None:
+            self.poller.unregister(front.pipe.fd)
+
+    def check_pipe(self, front: Front) -> None:
+        assert front.pipe is not None
+        watched = self.by_pipe.get(front.pipe.fd) is front
+        assert watched == front.pipe.on, f"the pipe of {front.endpoint}: on " \
+            f"{front.pipe.on}, watched {watched}"
 
     def read_wake(self) -> None:
         """Empty the wake-up pipe (the signal's handler has already run)."""
@@ -236,6 +258,8 @@ class SyncRunner:
             # steady 0.3 s without)
             for front in worker.fronts:
                 self.drain(front)
+                if front.pipe is not None and front.pipe.on:
+                    worker.read_pipe(front)  # a front that switched sends only that way
         queue = worker.queue
         if not queue:
             return

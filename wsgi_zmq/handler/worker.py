@@ -66,10 +66,11 @@ from wsgi_zmq.protocol import (
     END,
     HEARTBEAT,
     JOB,
+    PIPED,
     REQUEST,
 )
 from wsgi_zmq.ring import SUPPORTED as RINGS_SUPPORTED
-from wsgi_zmq.ring import WorkerRing, ring_slot_size
+from wsgi_zmq.ring import WorkerPipe, WorkerRing, ring_slot_size
 
 if TYPE_CHECKING:
     from wsgi_zmq.handler.green import GeventRunner
@@ -91,7 +92,7 @@ class Front:
     """The worker's connection to one front's backend endpoint."""
 
     __slots__ = ("endpoint", "sock", "monitor", "outbox", "requests", "generation",
-                 "connected", "released", "queued", "ring")
+                 "connected", "released", "queued", "ring", "pipe")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]
                  ) -> None:
@@ -106,6 +107,9 @@ class Front:
         self.queued = 0  # requests waiting in the front, from its last HEARTBEAT
         # the body ring offered on this connection (``body_ring``; made anew on each)
         self.ring: WorkerRing | None = None
+        # the pipe offered with it (PIPE): once the front sends PIPED, its frames come
+        # that way
+        self.pipe: WorkerPipe | None = None
 
     def close_ring(self) -> None:
         if self.ring is not None:
@@ -297,6 +301,16 @@ class Runner(Protocol):
 
     def flush_all(self) -> None:
         """Send every front's outbox now."""
+
+    def watch_pipe(self, front: Front) -> None:
+        """``front`` switched to its pipe (PIPED): call ``worker.read_pipe(front)``
+        whenever the pipe is readable, then flush ``front``, as for its socket."""
+
+    def unwatch_pipe(self, front: Front) -> None:
+        """Stop watching ``front``'s pipe (the core closes it next)."""
+
+    def check_pipe(self, front: Front) -> None:
+        """Assert that ``front``'s pipe is watched exactly when it is on."""
 
     def busy(self) -> bool:
         """Are requests being served right now (the drain is not over while they are)?"""
@@ -560,6 +574,10 @@ class Worker:
         for front in self.fronts:
             if front.ring is not None:
                 assert front.connected, f"a body ring kept for lost {front.endpoint}"
+            if front.pipe is not None:
+                assert front.connected, f"a pipe kept for lost {front.endpoint}"
+                assert front.pipe.fd >= 0, f"the closed pipe of {front.endpoint} kept"
+                self.runner.check_pipe(front)
             for rid, req in front.requests.items():
                 assert req.rid == rid and req.front is front, f"{req!r} filed under {rid:x}"
                 assert req.phase != DONE, f"request {rid:x} is DONE but still registered"
@@ -720,6 +738,13 @@ class Worker:
                 front.outbox.append(protocol.encode_probe(rid) if rid else _HEARTBEAT)
                 self.flush(front)
                 continue
+            if kind == PIPED:
+                # the last frame through the socket: the front's next ones are in the pipe
+                pipe = front.pipe
+                if pipe is not None and not pipe.on:
+                    pipe.on = True
+                    self.runner.watch_pipe(front)
+                continue
             if kind == protocol.BYE:
                 front.released = True
                 if not self.leaving:
@@ -801,20 +826,25 @@ class Worker:
                     self.offer_ring(front)
             log.debug("Worker %d connected to %s", self.pid, front.endpoint)
         elif event == zmq.EVENT_DISCONNECTED:
-            front.connected = False
-            front.generation += 1
-            front.close_ring()  # its pieces were copied out as they came
-            abandoned = list(front.requests.values())
-            front.requests.clear()
-            front.outbox.clear()
-            for req in abandoned:
-                req.cancelled = True
-                req.wake()
-            if abandoned:
-                log.warning("Lost %s; abandoned %d request(s)", front.endpoint,
-                            len(abandoned))
-            else:
-                log.info("Lost %s; reconnecting", front.endpoint)
+            self.lose_connection(front)
+
+    def lose_connection(self, front: Front) -> None:
+        """The connection to ``front`` is gone: abandon its requests, close its ring and
+        pipe; ZeroMQ reconnects."""
+        front.connected = False
+        front.generation += 1
+        front.close_ring()  # its pieces were copied out as they came
+        self.close_pipe(front)
+        abandoned = list(front.requests.values())
+        front.requests.clear()
+        front.outbox.clear()
+        for req in abandoned:
+            req.cancelled = True
+            req.wake()
+        if abandoned:
+            log.warning("Lost %s; abandoned %d request(s)", front.endpoint, len(abandoned))
+        else:
+            log.info("Lost %s; reconnecting", front.endpoint)
 
     def offer_ring(self, front: Front) -> None:
         """Offer ``front`` a new body ring (``wsgi_zmq/ring.py``), in a frame of its own: a
@@ -830,6 +860,53 @@ class Worker:
                         front.endpoint, exc)
             return
         self.send(front, [front.ring.offer(self.pid)])
+        # and a pipe for the front's frames, in a frame of its own too
+        self.close_pipe(front)
+        try:
+            front.pipe = WorkerPipe()
+        except OSError as exc:
+            log.warning("No pipe for %s (%s): its frames come through the socket",
+                        front.endpoint, exc)
+            return
+        self.send(front, [front.pipe.offer(self.pid)])
+
+    def read_pipe(self, front: Front) -> None:
+        """Act on every whole frame waiting in ``front``'s pipe (the runner calls it when
+        the pipe is readable). The end of the pipe means the front forgot this worker:
+        connect again (unless leaving); so does a broken stream."""
+        pipe = front.pipe
+        if pipe is None:
+            return
+        try:
+            frames, ended = pipe.frames()
+        except ProtocolError as exc:
+            frames, ended = [], True
+            log.warning("Dropped the pipe from %s: %s", front.endpoint, exc)
+        for data in frames:
+            self.handle_frame(front, data)
+            if front.pipe is not pipe:
+                return  # lost while handling
+        if ended:
+            self.close_pipe(front)
+            if front.connected:
+                self.forgotten_by(front)
+
+    def forgotten_by(self, front: Front) -> None:
+        """``front`` closed our pipe: it forgot this worker (it stops, or it dropped us).
+        It answers nothing more on this connection, so it counts as lost; unless this
+        worker is leaving, connect again, to be a new worker to it."""
+        log.info("The front at %s closed our pipe", front.endpoint)
+        self.lose_connection(front)
+        if not self.leaving:
+            front.sock.disconnect(front.endpoint)
+            front.sock.connect(front.endpoint)
+
+    def close_pipe(self, front: Front) -> None:
+        if front.pipe is not None:
+            if front.pipe.on:
+                self.runner.unwatch_pipe(front)
+            front.pipe.close()
+            front.pipe = None
 
     # -- output -------------------------------------------------------------------------
 
@@ -859,6 +936,7 @@ class Worker:
             front.monitor.close(linger=0)
             front.sock.close(linger=linger)
             front.close_ring()
+            self.close_pipe(front)
         self.context.term()
         self.context = None
 
