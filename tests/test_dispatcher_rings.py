@@ -883,6 +883,9 @@ class RingsMachine(Driving, RuleBasedStateMachine):
             problems.append(f"{w}: the dispatcher's ring is {peer.ring!r}, not {w.taken!r}")
         if (peer.pipe is not None) != w.piped:
             problems.append(f"{w}: the dispatcher's pipe is {peer.pipe!r}, piped {w.piped}")
+        if peer.pipe is not None and peer.pipe.reading and not (
+                w.wire.pipe is not None and w.wire.pipe.sending):
+            problems.append(f"{w}: the dispatcher reads a pipe the worker never switched to")
         if w.taken is not None:
             if w.taken.held != w.held or w.taken.free != w.free:
                 problems.append(f"{w}: groups held {w.taken.held}, free {w.taken.free}; "

@@ -1,20 +1,24 @@
-"""The frame pipe (``wsgi_zmq/ring.py``): a worker's ``WorkerPipe``, the front's
-``open_pipe`` and ``PeerPipe``, both ends in this process on a real pipe and gevent's real
-loop.
+"""The frame pipes (``wsgi_zmq/ring.py``): a worker's ``WorkerPipe``, the front's
+``open_pipes``, ``FrameWriter`` (on gevent's loop), ``write_frame`` (the sync worker's
+waiting write) and ``FrameReader``, both ends in this process on real pipes and gevent's
+real loop.
 
 Hypothesis generates frames (empty, small, several times the pipe's capacity) and the
-order in which the front sends, the loop turns and the worker reads: every frame comes out
-whole, once, in order, and ``PeerPipe.check()`` holds after every step (something pending
-exactly while the writer is on). Then the ways a pipe ends: the worker closes its end (the
-front's next write says so, or its writer calls ``on_broken``), the front closes its end
-(the worker reads the end of the file after the last whole frame), a worker that never
-reads (dropped past ``PIPE_BACKLOG``), a length no frame may have, and the offers
-``open_pipe`` refuses.
+order in which the writer sends, the loop turns and the reader reads: every frame comes
+out whole, once, in order, and ``FrameWriter.check()`` holds after every step (something
+pending exactly while the writer is on). The same for the worker's direction, written
+with ``write_frame`` and read by the front's reader in budgets. Then the ways a pipe ends:
+the reader closes its end (the next write says so, or the writer calls ``on_broken``), the
+writer closes its end (the reader gets the end of the file after the last whole frame),
+a reader that never reads (dropped past ``PIPE_BACKLOG``; ``write_frame`` gives up after
+its timeout), a length no frame may have, and the offers ``open_pipes`` refuses.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,23 +30,49 @@ from hypothesis import strategies as st
 
 from wsgi_zmq import protocol, ring
 from wsgi_zmq.errors import ProtocolError
-from wsgi_zmq.ring import MAX_PIPE_FRAME, PeerPipe, RingRefused, WorkerPipe, WorkerRing, open_pipe
+from wsgi_zmq.ring import (
+    MAX_PIPE_FRAME,
+    MAX_WORKER_FRAME,
+    FrameReader,
+    FrameWriter,
+    RingRefused,
+    WorkerPipe,
+    WorkerRing,
+    open_pipes,
+    write_frame,
+)
 
 DEADLINE = 10.0
 
 
 @contextmanager
-def pipe_pair() -> Iterator[tuple[WorkerPipe, PeerPipe, list[str]]]:
-    """A worker's pipe and the front's end of it; ``broken`` collects ``on_broken`` calls."""
+def pipe_pair() -> Iterator[tuple[WorkerPipe, FrameWriter, list[str]]]:
+    """A worker's pipes and the front's writer into the first; ``broken`` collects
+    ``on_broken`` calls."""
     worker = WorkerPipe()
     broken: list[str] = []
-    fd, key = open_pipe(os.getpid(), worker.fd, ())
-    front = PeerPipe(fd, key, gevent.get_hub().loop, lambda: broken.append("broken"))
+    fd, into, _, _ = open_pipes(os.getpid(), worker.fd, worker.back, ())
+    os.close(into)
+    front = FrameWriter(fd, gevent.get_hub().loop, lambda: broken.append("broken"))
     try:
         yield worker, front, broken
     finally:
         if front.fd >= 0:
             front.close()
+        worker.close()
+
+
+@contextmanager
+def back_pair() -> Iterator[tuple[WorkerPipe, FrameReader]]:
+    """A worker's pipes and the front's reader of the back one."""
+    worker = WorkerPipe()
+    fd, into, _, _ = open_pipes(os.getpid(), worker.fd, worker.back, ())
+    os.close(fd)
+    front = FrameReader(into, MAX_WORKER_FRAME)
+    try:
+        yield worker, front
+    finally:
+        front.close()
         worker.close()
 
 
@@ -95,7 +125,7 @@ def test_every_frame_comes_out_whole_once_in_order(actions: list[tuple[str, int]
 
         turn_until(drained, "every frame to come out")
         assert got == sent and not front.pending and not front.watcher.active
-        assert not broken and not worker.buffer
+        assert not broken and not worker.reader.buffer
 
 
 def test_the_worker_closing_its_end_breaks_the_pipe_at_the_next_write() -> None:
@@ -131,7 +161,7 @@ def test_the_front_closing_its_end_is_the_end_of_the_file_after_its_frames() -> 
             seen.extend(frames)
             if ended:
                 break
-        assert seen == [b"last"] and ended and not worker.buffer
+        assert seen == [b"last"] and ended and not worker.reader.buffer
 
 
 def test_a_worker_that_never_reads_is_dropped_past_the_backlog(monkeypatch) -> None:
@@ -157,20 +187,106 @@ def test_a_length_no_frame_may_have_breaks_the_stream() -> None:
             worker.frames()
 
 
+BACK_ACTIONS = st.lists(st.one_of(
+    st.tuples(st.just("send"), st.one_of(st.integers(0, 64), st.integers(0, 200_000),
+                                         st.sampled_from([1 << 16, 500_000]))),
+    st.tuples(st.just("read"), st.sampled_from([1, 1 << 16, 1 << 20])),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=BACK_ACTIONS)
+def test_the_workers_frames_come_out_whole_once_in_order(
+        actions: list[tuple[str, int]]) -> None:
+    """The worker's direction: ``write_frame`` (which waits for room; a frame is never
+    more than the pipe holds here, so nothing has to read meanwhile) and the front's
+    reader, which takes at most a budget a turn."""
+    with back_pair() as (worker, front):
+        sent: list[bytes] = []
+        got: list[bytes] = []
+        for action, size in actions:
+            if action == "send":
+                while sent[len(got):] and sum(map(len, sent[len(got):])) + size > 1 << 19:
+                    frames, ended = front.frames()  # make room: the pipe holds 1 MiB
+                    got.extend(frames)
+                data = frame_of(len(sent), size)
+                assert write_frame(worker.back, data, DEADLINE)
+                sent.append(data)
+            else:
+                frames, ended = front.frames(size)
+                assert not ended
+                got.extend(frames)
+            assert got == sent[:len(got)], "a frame out of order, or not as sent"
+        deadline = time.monotonic() + DEADLINE
+        while len(got) < len(sent):
+            assert time.monotonic() < deadline, "frames never came out"
+            got.extend(front.frames()[0])
+        assert got == sent and not front.buffer
+
+
+def test_a_worker_frame_longer_than_the_front_takes_breaks_the_stream() -> None:
+    with back_pair() as (worker, front):
+        os.write(worker.back, protocol.PIPE_FRAME_HEAD.pack(MAX_WORKER_FRAME + 1))
+        with pytest.raises(ProtocolError, match="in the pipe"):
+            front.frames()
+
+
+def test_write_frame_gives_up_on_a_reader_that_never_reads_or_is_gone() -> None:
+    """1. nobody reads the back pipe: ``write_frame`` fills it, then gives up after its
+    timeout (the sync worker drops the frame) 2. the reader closes: False at once."""
+    with back_pair() as (worker, front):
+        started = time.monotonic()
+        assert not write_frame(worker.back, b"z" * (3 << 20), 0.2)
+        assert time.monotonic() - started >= 0.2
+        front.close()
+        assert not write_frame(worker.back, b"x", 5.0)
+
+
+def test_a_leaving_gevent_worker_writes_what_is_pending_before_it_closes() -> None:
+    """``WorkerPipe.close(linger)``: the back pipe's ``FrameWriter`` writes its pending
+    frames (more than the pipe holds at once) while the front reads, then closes."""
+    with back_pair() as (worker, front):
+        worker.writer = FrameWriter(worker.back, gevent.get_hub().loop, lambda: None)
+        big = b"q" * (3 << 20)
+        assert worker.writer.send(big) and worker.writer.pending
+        got: list[bytes] = []
+
+        def read() -> None:  # the front, in a thread: the worker's close waits in this one
+            deadline = time.monotonic() + DEADLINE
+            while not got and time.monotonic() < deadline:
+                select.select([front.fd], [], [], 0.1)
+                got.extend(front.frames()[0])
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        worker.close(DEADLINE)
+        reader.join(DEADLINE)
+        assert got == [big] and worker.back == -1
+
+
 def test_offers_that_are_no_pipe_of_this_process_are_refused() -> None:
-    """``open_pipe`` refuses a descriptor that is not there, one that is no pipe (a ring's
-    memfd), and a pipe another worker offered first; a refused offer opens nothing."""
+    """``open_pipes`` refuses a descriptor that is not there, one that is no pipe (a
+    ring's memfd), the same pipe as both ends, and a pipe another worker offered first;
+    a refused offer leaves nothing open."""
     worker = WorkerPipe()
     memfd = WorkerRing(1, 1, 4096)
     try:
+        before = len(os.listdir("/proc/self/fd"))
         with pytest.raises(RingRefused, match="No such file"):
-            open_pipe(os.getpid(), 10_000, ())
+            open_pipes(os.getpid(), 10_000, worker.back, ())
         with pytest.raises(RingRefused, match="is no pipe"):
-            open_pipe(os.getpid(), memfd.fd, ())
-        fd, key = open_pipe(os.getpid(), worker.fd, ())
-        os.close(fd)
+            open_pipes(os.getpid(), memfd.fd, worker.back, ())
+        with pytest.raises(RingRefused, match="is no pipe"):
+            open_pipes(os.getpid(), worker.fd, memfd.fd, ())
         with pytest.raises(RingRefused, match="another worker's pipe"):
-            open_pipe(os.getpid(), worker.fd, {key})
+            open_pipes(os.getpid(), worker.fd, worker.fd, ())
+        assert len(os.listdir("/proc/self/fd")) == before
+        fd, into, key, back_key = open_pipes(os.getpid(), worker.fd, worker.back, ())
+        os.close(fd)
+        os.close(into)
+        for taken in ({key}, {back_key}):
+            with pytest.raises(RingRefused, match="another worker's pipe"):
+                open_pipes(os.getpid(), worker.fd, worker.back, taken)
     finally:
         memfd.close()
         worker.close()

@@ -273,7 +273,7 @@ def test_frame_of_every_kind_keeps_order() -> None:
         p.encode_signal(p.REJECT, 3), p.encode_signal(p.BYE),
         p.encode_job(4, 0, "s", "", "", "MDP02", [b"x"], 8), p.encode_job_reply(4, 1, []),
         p.encode_stats(b"{}"), p.encode_ring(7, 3, 8, 4096, bytes(16)),
-        p.encode_body_at(1, 2, 3), p.encode_pipe(7, 5), p.encode_signal(p.PIPED),
+        p.encode_body_at(1, 2, 3), p.encode_pipe(7, 5, 6), p.encode_signal(p.PIPED),
     ]
     kinds = [r.kind for r in p.split_frame(p.frame(records))]
     assert kinds == [p.REQUEST, p.BODY, p.END, p.RESPONSE, p.CHUNK, p.END, p.CREDIT, p.CANCEL,
@@ -283,10 +283,10 @@ def test_frame_of_every_kind_keeps_order() -> None:
 
 
 def test_pipe_round_trip_and_refusals() -> None:
-    (record,) = p.split_frame(p.frame([p.encode_pipe(4_000_000, 9)]))
+    (record,) = p.split_frame(p.frame([p.encode_pipe(4_000_000, 9, 10)]))
     assert (record.kind, record.rid) == (p.PIPE, 0)
-    assert p.decode_pipe(record.payload) == (4_000_000, 9)
-    for payload in (b"", b"\0" * 7, b"\0" * 9):
+    assert p.decode_pipe(record.payload) == (4_000_000, 9, 10)
+    for payload in (b"", b"\0" * 8, b"\0" * 11, b"\0" * 13):
         with pytest.raises(ProtocolError, match="PIPE of"):
             p.decode_pipe(payload)
 

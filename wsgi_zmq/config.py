@@ -1676,9 +1676,9 @@ class BodyRing(Setting):
     no worker's ring. Uploads took 0.5-0.75x the time with rings as without (the README's
     "Big uploads").
 
-    With its ring a worker offers a pipe, and a front that took the ring sends that
-    worker all its messages through the pipe instead of ZeroMQ (``docs/protocol.md``,
-    "The frame pipe"); 0 turns that off too.
+    With its ring a worker offers two pipes, and once a front took the ring and the pipes,
+    the two send each other all their messages through the pipes instead of ZeroMQ
+    (``docs/protocol.md``, "The frame pipes"); 0 turns that off too.
     """
 
 class LogLevel(Setting):

@@ -63,15 +63,16 @@ Payloads, by kind (``F->W`` front to worker, ``W->F`` worker to front)::
                     of its own when they change, for the front's metrics
     RING      W->F  pid:u32 fd:u32 slots:u32 slot_size:u32 nonce[16]: a worker on the
                     front's host offers its body ring, a sealed memfd the front opens as
-                    /proc/PID/fd/FD (``docs/protocol.md``, section 7), in a frame of its own
+                    /proc/PID/fd/FD (``docs/protocol.md``, section 5), in a frame of its own
     BODY_AT   F->W  slot:u32 length:u32: the next piece of the request body is in that
                     slot of the worker's ring (sent instead of BODY once the ring is taken)
-    PIPE      W->F  pid:u32 fd:u32: the worker whose ring the front took offers a pipe,
-                    /proc/PID/fd/FD (its read end), for the front's frames, in a frame of
-                    its own after RING
-    PIPED     F->W  empty: the front took the pipe; this is the last frame it sends the
-                    worker through the socket. Every later one is in the pipe, each after
-                    its length (u32), in order
+    PIPE      W->F  pid:u32 fd:u32 back:u32: the worker whose ring the front took offers
+                    two pipes, in a frame of its own after RING: /proc/PID/fd/FD (a read
+                    end) for the front's frames, /proc/PID/fd/BACK (a write end) for its own
+    PIPED     both  empty: the sender took the pipes (the front) or switched to them too
+                    (the worker, on the front's PIPED); it is the last frame it sends
+                    through the socket. Every later one is in its pipe, each after its
+                    length (u32), in order
 
 Every exchange the front dispatched ends with exactly one final record from the worker:
 RESPONSE with ``RESP_END``, END, ERROR or REJECT. Until then the request holds one unit of
@@ -190,7 +191,7 @@ U32: Final = struct.Struct("!I")
 READY_HEAD: Final = struct.Struct("!IHIB")
 RING_HEAD: Final = struct.Struct("!IIII16s")
 BODY_AT_HEAD: Final = struct.Struct("!II")
-PIPE_HEAD: Final = struct.Struct("!II")
+PIPE_HEAD: Final = struct.Struct("!III")
 #: Each frame on a pipe (PIPE) is preceded by its length.
 PIPE_FRAME_HEAD: Final = struct.Struct("!I")
 JOB_HEAD: Final = struct.Struct("!BIHHII")
@@ -564,17 +565,18 @@ def encode_body_at(rid: int, slot: int, length: int) -> bytes:
     return _pack_record(BODY_AT, rid, BODY_AT_HEAD.size) + BODY_AT_HEAD.pack(slot, length)
 
 
-def encode_pipe(pid: int, fd: int) -> bytes:
-    """Encode PIPE: the worker reads the front's frames from the pipe ``/proc/PID/fd/FD``."""
-    return _pack_record(PIPE, 0, PIPE_HEAD.size) + PIPE_HEAD.pack(pid, fd)
+def encode_pipe(pid: int, fd: int, back: int) -> bytes:
+    """Encode PIPE: the front writes its frames into ``/proc/PID/fd/FD`` and reads the
+    worker's from ``/proc/PID/fd/BACK``."""
+    return _pack_record(PIPE, 0, PIPE_HEAD.size) + PIPE_HEAD.pack(pid, fd, back)
 
 
-def decode_pipe(payload: bytes) -> tuple[int, int]:
-    """Decode a PIPE payload into (pid, fd)."""
+def decode_pipe(payload: bytes) -> tuple[int, int, int]:
+    """Decode a PIPE payload into (pid, fd, back)."""
     if len(payload) != PIPE_HEAD.size:
         raise ProtocolError(f"PIPE of {len(payload)} bytes, not {PIPE_HEAD.size}")
-    pid, fd = PIPE_HEAD.unpack(payload)
-    return pid, fd
+    pid, fd, back = PIPE_HEAD.unpack(payload)
+    return pid, fd, back
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:

@@ -4,7 +4,14 @@ A streamed request body normally travels in BODY records, through the ZeroMQ hop
 worker on the same host the bytes can take a shorter way: the worker creates a *ring*, a
 memfd cut into slots, and offers it to the front in a RING record; the front writes each
 piece of a body into a slot and sends only BODY_AT(slot, length). The worker copies the
-piece out when the record arrives. ``docs/protocol.md`` (section 7) has the whole contract.
+piece out when the record arrives. ``docs/protocol.md`` (section 5, "Body rings") has the
+whole contract.
+
+The same worker offers two *frame pipes* beside its ring (PIPE), and once both sides
+switched (PIPED) their frames go through them instead of ZeroMQ: a pipe has no I/O thread
+to wake (``docs/protocol.md``, section 5, "The frame pipes"). ``WorkerPipe`` is the
+worker's side; ``open_pipes`` and ``PeerPipe`` the front's; ``FrameReader``,
+``FrameWriter`` and ``write_frame`` read and write frames, each after its length.
 
 Two sides, one module:
 
@@ -35,7 +42,9 @@ import fcntl
 import hmac
 import mmap
 import os
+import select
 import stat
+import time
 from collections.abc import Callable, Container
 from typing import Any, Final
 
@@ -332,54 +341,57 @@ class BodyRing:
 
 
 
-# -- the frame pipe ------------------------------------------------------------------------
+# -- the frame pipes -----------------------------------------------------------------------
 
-#: The most the front keeps of frames its pipe to a worker could not take yet; past it the
-#: worker counts as not reading and is dropped (as a ROUTER peer past its high-water mark).
+#: The most either side keeps of frames its pipe could not take yet; past it the reader
+#: counts as not reading (the front drops such a worker, as a ROUTER peer past its
+#: high-water mark; a worker counts such a front as lost).
 PIPE_BACKLOG: Final = 64 << 20
-#: The capacity the front asks for a pipe (``F_SETPIPE_SZ``; Linux's default is 64 KiB,
+#: The capacity the front asks for each pipe (``F_SETPIPE_SZ``; Linux's default is 64 KiB,
 #: and 1 MiB is the most an unprivileged process may ask by default).
 PIPE_SIZE: Final = 1 << 20
 #: The longest frame a worker accepts from its pipe: longer, the stream is broken.
 MAX_PIPE_FRAME: Final = 1 << 30
+#: The longest frame a front accepts from a worker's pipe (a worker's replies of one turn
+#: of its loop): longer, the worker broke the protocol and is dropped.
+MAX_WORKER_FRAME: Final = 64 << 20
+#: The most a front reads from one worker's pipe in one turn of its loop (the rest waits
+#: for the next turn, so one worker cannot hold the loop).
+READ_BUDGET: Final = 1 << 20
 _PIPE_READ: Final = 1 << 16
 _frame_head = protocol.PIPE_FRAME_HEAD.pack
 _unpack_frame_head = protocol.PIPE_FRAME_HEAD.unpack_from
 _FRAME_HEAD_SIZE: Final = protocol.PIPE_FRAME_HEAD.size
+_READABLE: Final = 1  # libev's EV_READ
+_WRITABLE: Final = 2  # libev's EV_WRITE
 
 
-class WorkerPipe:
-    """The worker's end of the pipe its front writes frames into (PIPE, ``docs/protocol.md``
-    section 7): the read end of a pipe whose write end the worker closes at once, so the
-    only writer is the front, which opens ``/proc/PID/fd/FD``; the end of its file means
-    the front closed it. ``on`` says the front switched to it (PIPED): from then on the
-    front's frames come only this way, each after its length (u32)."""
+class FrameReader:
+    """The read end of a frame pipe: frames, each after its length (u32), kept until whole.
+    ``limit`` bounds a frame's length (and so what is kept)."""
 
-    __slots__ = ("fd", "buffer", "on")
+    __slots__ = ("fd", "buffer", "limit")
 
-    def __init__(self) -> None:
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.close(write)
-        self.fd = read
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
         self.buffer = bytearray()
-        self.on = False
+        self.limit = limit
 
-    def offer(self, pid: int) -> bytes:
-        """The PIPE record that offers this pipe to a front."""
-        return protocol.encode_pipe(pid, self.fd)
-
-    def frames(self) -> tuple[list[bytes], bool]:
-        """Read what the pipe holds: its whole frames, and whether the front closed its end.
-        Raises ``ProtocolError`` for a frame longer than ``MAX_PIPE_FRAME``."""
+    def frames(self, budget: int = 1 << 62) -> tuple[list[bytes], bool]:
+        """Read what the pipe holds (about ``budget`` bytes at most): its whole frames, and
+        whether the writer closed its end. Raises ``ProtocolError`` for a frame longer than
+        ``limit``."""
         buffer = self.buffer
         ended = False
+        taken = 0
         try:
-            while True:
+            while taken < budget:
                 data = os.read(self.fd, _PIPE_READ)
                 if not data:
                     ended = True
                     break
                 buffer += data
+                taken += len(data)
                 if len(data) < _PIPE_READ:
                     break
         except BlockingIOError:
@@ -389,7 +401,7 @@ class WorkerPipe:
         size = len(buffer)
         while pos + _FRAME_HEAD_SIZE <= size:
             (length,) = _unpack_frame_head(buffer, pos)
-            if length > MAX_PIPE_FRAME:
+            if length > self.limit:
                 raise ProtocolError(f"a frame of {length} bytes in the pipe")
             start = pos + _FRAME_HEAD_SIZE
             if start + length > size:
@@ -407,64 +419,25 @@ class WorkerPipe:
         self.buffer = bytearray()
 
 
-def open_pipe(pid: int, fd: int, taken: Container[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
-    """Open a write end of the pipe a worker offers as ``/proc/PID/fd/FD`` (PIPE), after
-    checking that it is a pipe of the front's own user that no other worker offered;
-    ``taken`` holds the (device, inode) of the others. Returns the descriptor and the key.
-    Raises ``RingRefused``."""
-    path = f"/proc/{pid}/fd/{fd}"
-    try:
-        before = os.stat(path)
-    except OSError as exc:
-        raise RingRefused(f"{path}: {exc.strerror}") from None
-    if not stat.S_ISFIFO(before.st_mode):
-        raise RingRefused(f"{path} is no pipe")
-    euid = os.geteuid()
-    if before.st_uid != euid and euid != 0:
-        raise RingRefused(f"{path} belongs to uid {before.st_uid}, not to the front's")
-    key = (before.st_dev, before.st_ino)
-    if key in taken:
-        raise RingRefused(f"{path} is another worker's pipe")
-    try:
-        out = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise RingRefused(f"{path}: {exc.strerror}") from None
-    try:
-        now = os.fstat(out)
-    except OSError as exc:
-        os.close(out)
-        raise RingRefused(f"{path}: {exc.strerror}") from None
-    if (now.st_dev, now.st_ino) != key or not stat.S_ISFIFO(now.st_mode):
-        os.close(out)
-        raise RingRefused(f"{path} changed while it was opened")
-    try:
-        fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # a pipe of the default size serves too, in more writes
-    return out, key
+class FrameWriter:
+    """The write end of a frame pipe, on a gevent loop: each frame written after its
+    length; what the pipe cannot take yet is kept (``pending``, up to ``PIPE_BACKLOG``) and
+    written as the pipe drains, by ``watcher`` (active exactly while something is pending).
+    ``on_broken`` is called, from the loop, when a later write finds the reader's end
+    closed (``send`` returns False for that itself)."""
 
+    __slots__ = ("fd", "pending", "watcher", "broken", "on_broken")
 
-class PeerPipe:
-    """The front's end of a worker's pipe: each frame written after its length; what the
-    pipe cannot take yet is kept (``pending``, up to ``PIPE_BACKLOG``) and written as the
-    pipe drains, by ``watcher`` (a loop watcher for writability, active exactly while
-    something is pending). ``on_broken`` is called when a later write finds the worker's
-    end closed (``send`` returns False for that itself)."""
-
-    __slots__ = ("fd", "key", "pending", "watcher", "broken", "on_broken")
-
-    def __init__(self, fd: int, key: tuple[int, int], loop: Any,
-                 on_broken: Callable[[], None]) -> None:
+    def __init__(self, fd: int, loop: Any, on_broken: Callable[[], None]) -> None:
         self.fd = fd
-        self.key = key
         self.pending = bytearray()
-        self.watcher = loop.io(fd, 2)  # 2: writable (libev's EV_WRITE)
+        self.watcher = loop.io(fd, _WRITABLE)
         self.broken = False
         self.on_broken = on_broken
 
     def send(self, frame: bytes) -> bool:
         """Write ``frame``, or keep it to write when the pipe can take it; False if the
-        worker's end is closed or the worker lets too much wait (drop the worker)."""
+        reader's end is closed or the reader lets too much wait."""
         if self.broken:
             return False
         pending = self.pending
@@ -506,11 +479,21 @@ class PeerPipe:
         if not self.pending:
             self.watcher.stop()
 
+    def drain(self, timeout: float) -> None:
+        """Write what is pending now, waiting up to ``timeout`` seconds for the pipe to
+        take it (a leaving worker's last replies, before it closes the pipe)."""
+        if self.pending and not self.broken:
+            self.watcher.stop()
+            data, self.pending = bytes(self.pending), bytearray()
+            if not _write_all(self.fd, memoryview(data), timeout):
+                self.broken = True
+
     def close(self) -> None:
         self.watcher.stop()
         self.watcher.close()
-        os.close(self.fd)
-        self.fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self.pending = bytearray()
 
     def check(self) -> None:
@@ -518,3 +501,175 @@ class PeerPipe:
         assert bool(self.pending) == bool(self.watcher.active), \
             f"{len(self.pending)} bytes pending, writer {'on' if self.watcher.active else 'off'}"
         assert len(self.pending) <= PIPE_BACKLOG + MAX_PIPE_FRAME, "pipe backlog unbounded"
+
+
+def write_frame(fd: int, frame: bytes, timeout: float) -> bool:
+    """Write ``frame`` after its length, waiting for the pipe to drain if it must (the sync
+    worker's way: it has no loop to write later); False if the reader's end is closed, or
+    the pipe did not drain within ``timeout`` seconds."""
+    return _write_all(fd, memoryview(_frame_head(len(frame)) + frame), timeout)
+
+
+def _write_all(fd: int, data: memoryview, timeout: float) -> bool:
+    deadline = 0.0
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+            continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + timeout
+        elif now >= deadline:
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll(max(1, int((deadline - now) * 1000)))
+    return True
+
+
+class WorkerPipe:
+    """The worker's ends of its two frame pipes to one front (PIPE, ``docs/protocol.md``,
+    "The frame pipes"): the read end of the pipe the front writes into (``fd``) and the
+    write end of the one it reads (``back``). The worker closes the other end of each at
+    once, so the front, which opens ``/proc/PID/fd/FD`` and ``/proc/PID/fd/BACK``, is the
+    only one at the far end: the end of ``fd``'s file means the front closed it. ``on``:
+    the front switched to them (PIPED), and its frames come only through ``fd``;
+    ``sending``: this worker switched too, and sends only through ``back``."""
+
+    __slots__ = ("reader", "back", "on", "sending", "writer")
+
+    def __init__(self) -> None:
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.close(write)
+        try:
+            back_read, back = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.close(read)
+            raise
+        os.close(back_read)
+        self.reader = FrameReader(read, MAX_PIPE_FRAME)
+        self.back = back
+        self.on = False
+        self.sending = False
+        self.writer: FrameWriter | None = None  # a gevent worker's, once it sends
+
+    @property
+    def fd(self) -> int:
+        return self.reader.fd
+
+    def offer(self, pid: int) -> bytes:
+        """The PIPE record that offers these pipes to a front."""
+        return protocol.encode_pipe(pid, self.reader.fd, self.back)
+
+    def frames(self) -> tuple[list[bytes], bool]:
+        """The whole frames the front's pipe holds, and whether the front closed it."""
+        return self.reader.frames()
+
+    def close(self, linger: float = 0.0) -> None:
+        """Close both ends; a writer's pending frames get up to ``linger`` seconds."""
+        self.reader.close()
+        if self.writer is not None:
+            if linger:
+                self.writer.drain(linger)
+            self.writer.close()  # closes ``back``
+            self.writer = None
+        elif self.back >= 0:
+            os.close(self.back)
+        self.back = -1
+
+
+def _open_end(pid: int, fd: int, flags: int, taken: Container[tuple[int, int]]
+              ) -> tuple[int, tuple[int, int]]:
+    """Open ``/proc/PID/fd/FD`` with ``flags`` after checking that it is a pipe of the
+    front's own user that is in no ``taken``; the descriptor and its (device, inode)."""
+    path = f"/proc/{pid}/fd/{fd}"
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISFIFO(before.st_mode):
+        raise RingRefused(f"{path} is no pipe")
+    euid = os.geteuid()
+    if before.st_uid != euid and euid != 0:
+        raise RingRefused(f"{path} belongs to uid {before.st_uid}, not to the front's")
+    key = (before.st_dev, before.st_ino)
+    if key in taken:
+        raise RingRefused(f"{path} is another worker's pipe")
+    try:
+        out = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    try:
+        now = os.fstat(out)
+    except OSError as exc:
+        os.close(out)
+        raise RingRefused(f"{path}: {exc.strerror}") from None
+    if (now.st_dev, now.st_ino) != key or not stat.S_ISFIFO(now.st_mode):
+        os.close(out)
+        raise RingRefused(f"{path} changed while it was opened")
+    try:
+        fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # a pipe of the default size serves too, in more writes
+    return out, key
+
+
+def open_pipes(pid: int, fd: int, back: int, taken: Container[tuple[int, int]]
+               ) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """Open a write end of the pipe a worker offers as ``/proc/PID/fd/FD`` and a read end
+    of the one it offers as ``/proc/PID/fd/BACK`` (PIPE), each checked by ``_open_end``:
+    a pipe of the front's own user, not the other one, and not offered by another worker
+    (``taken`` holds the (device, inode) of theirs). Returns both descriptors and keys.
+    Raises ``RingRefused``."""
+    out, key = _open_end(pid, fd, os.O_WRONLY, taken)
+    try:
+        into, back_key = _open_end(pid, back, os.O_RDONLY, {*taken, key})  # type: ignore[misc]
+    except BaseException:
+        os.close(out)
+        raise
+    return out, into, key, back_key
+
+
+class PeerPipe:
+    """The front's ends of one worker's frame pipes: ``writer`` for the frames it sends
+    (from PIPED on), ``reader`` for the worker's (once the worker's own PIPED came through
+    the socket: ``reading``, and ``watcher`` runs ``on_readable`` whenever it has some)."""
+
+    __slots__ = ("writer", "reader", "keys", "watcher", "reading")
+
+    def __init__(self, out: int, into: int, keys: tuple[tuple[int, int], tuple[int, int]],
+                 loop: Any, on_broken: Callable[[], None]) -> None:
+        self.writer = FrameWriter(out, loop, on_broken)
+        self.reader = FrameReader(into, MAX_WORKER_FRAME)
+        self.keys = keys
+        self.watcher = loop.io(into, _READABLE)
+        self.reading = False
+
+    @property
+    def broken(self) -> bool:
+        return self.writer.broken
+
+    def send(self, frame: bytes) -> bool:
+        return self.writer.send(frame)
+
+    def start_reading(self, on_readable: Callable[[], None]) -> None:
+        self.reading = True
+        self.watcher.start(on_readable)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        self.writer.close()
+        self.reader.close()
+
+    def check(self) -> None:
+        self.writer.check()
+        assert self.reader.fd >= 0, "a closed pipe in use"
+        assert self.reading == bool(self.watcher.active), \
+            f"reading {self.reading}, reader {'on' if self.watcher.active else 'off'}"
+        assert len(self.reader.buffer) <= MAX_WORKER_FRAME + _PIPE_READ + _FRAME_HEAD_SIZE, \
+            "a worker's partial frame unbounded"

@@ -31,7 +31,7 @@ from support import connect, get, poll_until, read_responses
 from wsgi_zmq import protocol
 from wsgi_zmq.control import call
 from wsgi_zmq.protocol import RING_HEADER, RING_MAGIC
-from wsgi_zmq.ring import SUPPORTED, WorkerPipe, WorkerRing
+from wsgi_zmq.ring import SUPPORTED, WorkerPipe, WorkerRing, write_frame
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="no memfd seals on this system")
 
@@ -199,19 +199,27 @@ class RawWorker:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
-        self.send(protocol.encode_ready(1, self.WINDOW, pid, HOST))
         self.ring: WorkerRing | None = None
         self.pipe: WorkerPipe | None = None  # once PIPED came (``on``), the front's frames
         self.kinds: list[int] = []  # of the body records of the last upload
+        self.send(protocol.encode_ready(1, self.WINDOW, pid, HOST))
 
     def send(self, record: bytes) -> None:
-        self.sock.send(protocol.frame([record]))
+        frame = protocol.frame([record])
+        if self.pipe is not None and self.pipe.sending:
+            assert write_frame(self.pipe.back, frame, 10), "the front does not read our pipe"
+        else:
+            self.sock.send(frame)
 
-    def offer_pipe(self, pid: int | None = None, fd: int | None = None) -> None:
-        """Offer a pipe (PIPE): this process's own, unless ``pid`` or ``fd`` say else."""
+    def offer_pipe(self, pid: int | None = None, fd: int | None = None,
+                   back: int | None = None) -> None:
+        """Offer pipes (PIPE): this process's own, unless ``pid``, ``fd`` or ``back`` say
+        else. On PIPED it switches, as ours does: PIPED back, then its frames through the
+        back pipe."""
         self.pipe = WorkerPipe()
         self.send(protocol.encode_pipe(os.getpid() if pid is None else pid,
-                                       self.pipe.fd if fd is None else fd))
+                                       self.pipe.fd if fd is None else fd,
+                                       self.pipe.back if back is None else back))
 
     def records(self, timeout: float) -> Iterator[protocol.Record]:
         """What the front sends, through the socket until PIPED, then through the pipe
@@ -234,6 +242,8 @@ class RawWorker:
                     if record.kind == protocol.PIPED:
                         assert pipe is not None and not pipe.on, "PIPED, no pipe offered"
                         pipe.on = True
+                        self.send(protocol.encode_signal(protocol.PIPED))
+                        pipe.sending = True
                     yield record
 
     def serve_upload(self, timeout: float = 30.0) -> bytes:
@@ -626,16 +636,16 @@ def test_a_pipe_offer_that_fails_a_check_is_refused_and_frames_go_through_the_so
             reason = "it shares no body ring"
         elif case == "other pid":
             raw.offer_pipe(pid=1)
-            reason = f"process 1 offered it, the ring was process {os.getpid()}'s"
+            reason = f"process 1 offered them, the ring was process {os.getpid()}'s"
         elif case == "no pipe":
             assert raw.ring is not None
-            raw.offer_pipe(fd=raw.ring.fd)
+            raw.offer_pipe(back=raw.ring.fd)
             reason = "is no pipe"
         elif case == "second":
             raw.offer_pipe()
             front.wait_for_log(r"Worker 4601@\S+ reads the front's frames from a pipe")
             raw.send(raw.pipe.offer(os.getpid()))  # type: ignore[union-attr]
-            reason = "a second pipe"
+            reason = "a second offer"
         else:
             owner = RawWorker(ctx, endpoint, 4602)
             front.wait_for_log(r"Worker 4602@\S+ connected")
@@ -645,9 +655,9 @@ def test_a_pipe_offer_that_fails_a_check_is_refused_and_frames_go_through_the_so
             owner.offer_pipe()
             front.wait_for_log(r"Worker 4602@\S+ reads the front's frames from a pipe")
             assert owner.pipe is not None
-            raw.send(protocol.encode_pipe(os.getpid(), owner.pipe.fd))
+            raw.send(protocol.encode_pipe(os.getpid(), owner.pipe.fd, owner.pipe.back))
             reason = "another worker's pipe"
-        front.wait_for_log(rf"Refused the pipe of <worker 4601\S* [^\n]*{re.escape(reason)}")
+        front.wait_for_log(rf"Refused the pipes of <worker 4601\S* [^\n]*{re.escape(reason)}")
         if owner is not None:  # the pipe's owner leaves, so the upload goes to ``raw``
             owner.close()
             owner = None

@@ -40,7 +40,7 @@ from wsgi_zmq import protocol
 from wsgi_zmq.config import Config
 from wsgi_zmq.errors import ProtocolError
 from wsgi_zmq.front.dispatcher import Dispatcher
-from wsgi_zmq.ring import WorkerPipe
+from wsgi_zmq.ring import WorkerPipe, write_frame
 
 #: How long ``settle`` and ``wait`` may take before the test fails (a stuck system).
 SETTLE_TIMEOUT = 10.0
@@ -72,17 +72,22 @@ class ScriptedPeer:
         self.closed = False
         self.heartbeats = 0  # HEARTBEAT records received (one per probe)
         self.errors: list[str] = []  # frames from the front that failed to decode
-        # the pipe it offered (``offer_pipe``); once PIPED came, the front's frames are
-        # read from it, and a frame through the socket after PIPED is an error
+        # the pipes it offered (``offer_pipe``); once PIPED came, the front's frames are
+        # read from one (a frame through the socket after PIPED is an error), and, with
+        # ``switch``, it answers PIPED and sends through the other from then on
         self.pipe: WorkerPipe | None = None
+        self.switch = True
 
-    def offer_pipe(self, pid: int | None = None, fd: int | None = None) -> None:
-        """Make a pipe for the front's frames and offer it (PIPE, in a frame of its own),
-        as a worker does after its RING; ``pid`` and ``fd`` default to this process and
-        the pipe's read end."""
+    def offer_pipe(self, pid: int | None = None, fd: int | None = None,
+                   switch: bool = True) -> None:
+        """Make the two pipes and offer them (PIPE, in a frame of its own), as a worker does
+        after its RING; ``pid`` and ``fd`` default to this process and the read end of the
+        pipe for the front's frames. ``switch``: answer PIPED as ours does (else keep
+        sending through the socket, which a worker may)."""
         self.pipe = WorkerPipe()
+        self.switch = switch
         self.send(protocol.encode_pipe(os.getpid() if pid is None else pid,
-                                       self.pipe.fd if fd is None else fd))
+                                       self.pipe.fd if fd is None else fd, self.pipe.back))
 
     def send(self, *records: bytes) -> None:
         """Send ``records`` as one frame."""
@@ -90,6 +95,11 @@ class ScriptedPeer:
 
     def send_raw(self, data: bytes) -> None:
         assert not self.closed
+        pipe = self.pipe
+        if pipe is not None and pipe.sending:
+            assert write_frame(pipe.back, data, SETTLE_TIMEOUT), \
+                f"{self.ident!r}: the front does not read its pipe"
+            return
         self.sock.send(data, zmq.NOBLOCK)
 
     def receive(self) -> list[protocol.Record]:
@@ -132,6 +142,10 @@ class ScriptedPeer:
                     self.errors.append(f"{self.ident!r} got PIPED, not offering a pipe")
                 else:
                     self.pipe.on = True
+                    if self.switch:  # our PIPED, the last frame through the socket
+                        self.sock.send(protocol.frame([protocol.encode_signal(
+                            protocol.PIPED)]), zmq.NOBLOCK)
+                        self.pipe.sending = True
         records.extend(got)
 
     def close(self) -> None:

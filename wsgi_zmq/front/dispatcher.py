@@ -92,7 +92,7 @@ from wsgi_zmq.protocol import (
     RING,
     STATS,
 )
-from wsgi_zmq.ring import BodyRing, PeerPipe, RingRefused, open_pipe, open_ring
+from wsgi_zmq.ring import READ_BUDGET, BodyRing, PeerPipe, RingRefused, open_pipes, open_ring
 
 log = logging.getLogger("wsgi_zmq.error.dispatcher")
 
@@ -387,7 +387,8 @@ class Peer:
         # the body ring it shares (a worker on this host, RING): its requests' bodies go
         # into it, BODY_AT records tell where
         self.ring: BodyRing | None = None
-        # the pipe it reads our frames from instead of the ROUTER (PIPE, once PIPED went)
+        # the pipes instead of the ROUTER (PIPE): it reads our frames from one once PIPED
+        # went, we read its frames from the other once its PIPED came
         self.pipe: PeerPipe | None = None
 
     @property
@@ -1294,6 +1295,8 @@ class Dispatcher:
                 self._on_ring(peer, payload)
             elif kind == PIPE:
                 self._on_pipe(peer, payload)
+            elif kind == PIPED:
+                self._on_piped(peer)
             elif kind == STATS:
                 try:
                     stats = protocol.decode_stats(payload)
@@ -1471,37 +1474,70 @@ class Dispatcher:
                  peer.pid, peer.host, ring.groups, ring.window, ring.slot_size >> 10)
 
     def _on_pipe(self, peer: Peer, payload: bytes) -> None:
-        """A worker whose ring we took offers a pipe for our frames (``docs/protocol.md``,
-        section 7): open it, send PIPED (the last frame through the ROUTER), and from then
-        on send that worker every frame through the pipe, which skips both sides' ZeroMQ
-        I/O threads. Only from the process whose ring we took: knowing the ring's nonce is
-        what shows the offer comes from that process, not from a peer on another host
-        naming some local process's pipe."""
+        """A worker whose ring we took offers two pipes (``docs/protocol.md``, "The frame
+        pipes"): open them, send PIPED (the last frame through the ROUTER), and from then
+        on send that worker every frame through its pipe, which skips both sides' ZeroMQ
+        I/O threads; read its frames from the other once its own PIPED comes. Only from
+        the process whose ring we took: knowing the ring's nonce is what shows the offer
+        comes from that process, not from a peer on another host naming some local
+        process's pipes."""
         try:
-            pid, fd = protocol.decode_pipe(payload)
+            pid, fd, back = protocol.decode_pipe(payload)
         except ProtocolError as exc:
             self.malformed.warning("Dropped a malformed PIPE from %r: %s", peer, exc)
             return
         ring = peer.ring
         if ring is None or pid != ring.pid or peer.pipe is not None:
             self.refused_rings.warning(
-                "Refused the pipe of %r: %s", peer,
-                "a second pipe" if peer.pipe is not None else
+                "Refused the pipes of %r: %s", peer,
+                "a second offer" if peer.pipe is not None else
                 "it shares no body ring" if ring is None else
-                f"process {pid} offered it, the ring was process {ring.pid}'s")
+                f"process {pid} offered them, the ring was process {ring.pid}'s")
             return
-        taken = {p.pipe.key for p in self.peers.values() if p.pipe is not None}
+        taken = {key for p in self.peers.values() if p.pipe is not None for key in p.pipe.keys}
         try:
-            out, key = open_pipe(pid, fd, taken)
+            out, into, key, back_key = open_pipes(pid, fd, back, taken)
         except RingRefused as exc:
-            self.refused_rings.warning("Refused the pipe of %r: %s; its frames go through "
+            self.refused_rings.warning("Refused the pipes of %r: %s; its frames go through "
                                        "the socket", peer, exc)
             return
         if not self._send_now(peer, [protocol.encode_signal(PIPED)]):
             os.close(out)
+            os.close(into)
             return
-        peer.pipe = PeerPipe(out, key, self.loop, lambda: self._drop(peer, "its pipe closed"))
+        peer.pipe = PeerPipe(out, into, (key, back_key), self.loop,
+                             lambda: self._drop(peer, "its pipe closed"))
         log.info("Worker %s@%s reads the front's frames from a pipe", peer.pid, peer.host)
+
+    def _on_piped(self, peer: Peer) -> None:
+        """The worker's PIPED: its later frames come through its pipe; read it from now."""
+        pipe = peer.pipe
+        if pipe is None or pipe.reading:
+            self.malformed.warning("Dropped a PIPED from %r: %s", peer,
+                                   "it has no pipes" if pipe is None else "a second one")
+            return
+        pipe.start_reading(lambda: self._read_pipe(peer))
+
+    def _read_pipe(self, peer: Peer) -> None:
+        """Act on the whole frames in ``peer``'s pipe, up to ``READ_BUDGET`` bytes of it a
+        turn of the loop (the watcher calls again while more waits)."""
+        pipe = peer.pipe
+        if pipe is None or peer.gone:
+            return
+        try:
+            frames, ended = pipe.reader.frames(READ_BUDGET)
+        except ProtocolError as exc:
+            self.malformed.warning("Dropped the pipe of %r: %s", peer, exc)
+            self._drop(peer, "it broke its pipe")
+            return
+        handle = self._handle
+        ident = peer.ident
+        for data in frames:
+            handle(ident, data)
+            if peer.gone:
+                return
+        if ended:
+            self._drop(peer, "its pipe closed")
 
     # -- foreign workers ------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from wsgi_zmq.handler.worker import Front, Request, Worker
 from wsgi_zmq.protocol import END_ABORT
-from wsgi_zmq.ring import WorkerPipe
+from wsgi_zmq.ring import FrameWriter, WorkerPipe
 
 log = logging.getLogger("wsgi_zmq.error.worker")
 
@@ -130,10 +130,16 @@ class GeventRunner:
             self.worker.on_monitor_event(front, front.monitor.recv_multipart())
 
     def watch_pipe(self, front: Front) -> None:
+        """Read the pipe in a greenlet of its own; write the back pipe with a
+        ``FrameWriter`` on the loop (``flush`` sends from a loop callback, which must not
+        block). A closed back pipe needs no action of its own: the front closed both, and
+        the reader acts on the end of the other."""
         import gevent
 
-        assert front.pipe is not None
-        self.pipe_readers[front] = gevent.spawn(self._read_pipe, front, front.pipe)
+        pipe = front.pipe
+        assert pipe is not None
+        pipe.writer = FrameWriter(pipe.back, gevent.get_hub().loop, lambda: None)
+        self.pipe_readers[front] = gevent.spawn(self._read_pipe, front, pipe)
 
     def unwatch_pipe(self, front: Front) -> None:
         import gevent
@@ -148,6 +154,10 @@ class GeventRunner:
         watched = reader is not None and not reader.dead
         assert watched == front.pipe.on, f"the pipe of {front.endpoint}: on " \
             f"{front.pipe.on}, watched {watched}"
+        assert (front.pipe.writer is not None) == front.pipe.on, \
+            f"the back pipe of {front.endpoint}: on {front.pipe.on}, no writer"
+        if front.pipe.writer is not None:
+            front.pipe.writer.check()
 
     def _read_pipe(self, front: Front, pipe: WorkerPipe) -> None:
         from gevent.socket import wait_read

@@ -70,7 +70,7 @@ from wsgi_zmq.protocol import (
     REQUEST,
 )
 from wsgi_zmq.ring import SUPPORTED as RINGS_SUPPORTED
-from wsgi_zmq.ring import WorkerPipe, WorkerRing, ring_slot_size
+from wsgi_zmq.ring import WorkerPipe, WorkerRing, ring_slot_size, write_frame
 
 if TYPE_CHECKING:
     from wsgi_zmq.handler.green import GeventRunner
@@ -84,6 +84,9 @@ _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _NOBLOCK = zmq.NOBLOCK
 _zmq_Again = zmq.Again
 _HEARTBEAT = protocol.encode_signal(HEARTBEAT)
+_PIPED = protocol.encode_signal(PIPED)
+#: How long a sync worker waits for its back pipe to take a frame before it drops it.
+PIPE_WAIT: Final = 10.0
 #: ``WSGI_ZMQ_CHECK=1``: a debugging worker that checks its invariants every turn
 _CHECK: Final = bool(os.environ.get("WSGI_ZMQ_CHECK"))
 
@@ -577,6 +580,8 @@ class Worker:
             if front.pipe is not None:
                 assert front.connected, f"a pipe kept for lost {front.endpoint}"
                 assert front.pipe.fd >= 0, f"the closed pipe of {front.endpoint} kept"
+                assert front.pipe.on or not front.pipe.sending, \
+                    f"sending through the pipe of {front.endpoint} before its PIPED"
                 self.runner.check_pipe(front)
             for rid, req in front.requests.items():
                 assert req.rid == rid and req.front is front, f"{req!r} filed under {rid:x}"
@@ -740,10 +745,7 @@ class Worker:
                 continue
             if kind == PIPED:
                 # the last frame through the socket: the front's next ones are in the pipe
-                pipe = front.pipe
-                if pipe is not None and not pipe.on:
-                    pipe.on = True
-                    self.runner.watch_pipe(front)
+                self.switch_to_pipes(front)
                 continue
             if kind == protocol.BYE:
                 front.released = True
@@ -870,6 +872,22 @@ class Worker:
             return
         self.send(front, [front.pipe.offer(self.pid)])
 
+    def switch_to_pipes(self, front: Front) -> None:
+        """The front's PIPED: read its frames from the pipe from now on, and switch our
+        side too: what the outbox holds and our PIPED go through the socket, the last
+        frame there; every later one goes through the back pipe."""
+        pipe = front.pipe
+        if pipe is None or pipe.on:
+            log.warning("Dropped a PIPED from %s: %s", front.endpoint,
+                        "no pipe was offered" if pipe is None else "a second one")
+            return
+        pipe.on = True
+        self.runner.watch_pipe(front)
+        records, front.outbox = front.outbox, []
+        records.append(_PIPED)
+        self.send(front, records)
+        pipe.sending = True
+
     def read_pipe(self, front: Front) -> None:
         """Act on every whole frame waiting in ``front``'s pipe (the runner calls it when
         the pipe is readable). The end of the pipe means the front forgot this worker:
@@ -901,11 +919,11 @@ class Worker:
             front.sock.disconnect(front.endpoint)
             front.sock.connect(front.endpoint)
 
-    def close_pipe(self, front: Front) -> None:
+    def close_pipe(self, front: Front, linger: float = 0.0) -> None:
         if front.pipe is not None:
             if front.pipe.on:
                 self.runner.unwatch_pipe(front)
-            front.pipe.close()
+            front.pipe.close(linger)
             front.pipe = None
 
     # -- output -------------------------------------------------------------------------
@@ -918,8 +936,23 @@ class Worker:
         return str(self.cfg.pool)
 
     def send(self, front: Front, records: list[bytes]) -> None:
-        """Send ``records`` to ``front`` now, as one frame (dropped, with a warning, if the
-        front is not reading: its high-water mark is full)."""
+        """Send ``records`` to ``front`` now, as one frame: through the back pipe once we
+        switched to it (the gevent runner's ``FrameWriter`` keeps what the pipe cannot take
+        yet; the sync runner waits for it to drain, up to ``PIPE_WAIT``), else through the
+        socket. Dropped, with a warning, if the front is not reading (the socket's
+        high-water mark is full, or the pipe did not drain) or its pipe is closed (it
+        forgot us: its end of our other pipe says so too, and ``read_pipe`` acts on it)."""
+        pipe = front.pipe
+        if pipe is not None and pipe.sending:
+            frame = protocol.frame(records)
+            if pipe.writer is not None:
+                sent = pipe.writer.send(frame)
+            else:
+                sent = write_frame(pipe.back, frame, PIPE_WAIT)
+            if not sent:
+                log.warning("The front at %s is not reading its pipe; dropped %d "
+                            "record(s)", front.endpoint, len(records))
+            return
         try:
             front.sock.send(protocol.frame(records), _NOBLOCK)
         except _zmq_Again:
@@ -936,7 +969,7 @@ class Worker:
             front.monitor.close(linger=0)
             front.sock.close(linger=linger)
             front.close_ring()
-            self.close_pipe(front)
+            self.close_pipe(front, linger / 1000)
         self.context.term()
         self.context = None
 
