@@ -110,8 +110,8 @@ class Front:
         self.queued = 0  # requests waiting in the front, from its last HEARTBEAT
         # the body ring offered on this connection (``body_ring``; made anew on each)
         self.ring: WorkerRing | None = None
-        # the pipe offered with it (PIPE): once the front sends PIPED, its frames come
-        # that way
+        # the two frame pipes offered with it (PIPE): once the front sends PIPED, its
+        # frames come through one, and ours go through the other
         self.pipe: WorkerPipe | None = None
 
     def close_ring(self) -> None:
@@ -306,8 +306,9 @@ class Runner(Protocol):
         """Send every front's outbox now."""
 
     def watch_pipe(self, front: Front) -> None:
-        """``front`` switched to its pipe (PIPED): call ``worker.read_pipe(front)``
-        whenever the pipe is readable, then flush ``front``, as for its socket."""
+        """``front`` switched to its pipes (PIPED): call ``worker.read_pipe(front)``
+        whenever its pipe is readable, then flush ``front``, as for its socket; a runner
+        whose ``flush`` must not block gives the back pipe a ``FrameWriter``."""
 
     def unwatch_pipe(self, front: Front) -> None:
         """Stop watching ``front``'s pipe (the core closes it next)."""
@@ -862,7 +863,7 @@ class Worker:
                         front.endpoint, exc)
             return
         self.send(front, [front.ring.offer(self.pid)])
-        # and a pipe for the front's frames, in a frame of its own too
+        # and the two frame pipes, in a frame of their own too
         self.close_pipe(front)
         try:
             front.pipe = WorkerPipe()
