@@ -8,4 +8,4 @@ This package imports neither gevent nor zmq: the supervisor forks, and no hub or
 may exist in a parent before its children are forked.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
