@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -211,6 +212,14 @@ class RawWorker:
         else:
             self.sock.send(frame)
 
+    def share_ring(self, front: Any) -> None:
+        """Offer a ring of 2 requests of a window of pieces of 256 KiB; wait until
+        ``front`` took it."""
+        self.ring = WorkerRing(2, self.WINDOW, 262144)
+        self.send(self.ring.offer(os.getpid()))
+        front.wait_for_log(rf"Worker {self.pid}@\S+ shares a body ring: 2 request\(s\) of "
+                           rf"{self.WINDOW} pieces")
+
     def offer_pipe(self, pid: int | None = None, fd: int | None = None,
                    back: int | None = None) -> None:
         """Offer pipes (PIPE): this process's own, unless ``pid``, ``fd`` or ``back`` say
@@ -324,9 +333,7 @@ def test_a_raw_worker_gets_its_body_through_its_ring_and_cannot_shrink_it(stack)
     raw = RawWorker(ctx, endpoint, 4301)
     try:
         front.wait_for_log(r"Worker 4301@\S+ connected")
-        raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
-        raw.send(raw.ring.offer(os.getpid()))
-        front.wait_for_log(r"Worker 4301@\S+ shares a body ring: 2 request\(s\) of 4 pieces")
+        raw.share_ring(front)
         kinds = _serve_one(raw, port)
         assert kinds.count(protocol.BODY_AT) >= 10, kinds
         with pytest.raises(PermissionError):
@@ -373,10 +380,9 @@ def test_an_offer_that_fails_a_check_is_refused_and_bodies_go_in_messages(stack,
         elif case == "replay":
             owner = RawWorker(ctx, endpoint, 4402)
             front.wait_for_log(r"Worker 4402@\S+ connected")
-            owner.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
+            owner.share_ring(front)
+            assert owner.ring is not None
             offer = owner.ring.offer(os.getpid())
-            owner.send(offer)
-            front.wait_for_log(r"Worker 4402@\S+ shares a body ring")
             reason = "another worker's ring"
         else:
             offer = protocol.encode_ring(2 ** 31, 3, 8, 262144, nonce)
@@ -433,9 +439,7 @@ def _body_records(raw: RawWorker, seconds: float) -> list[protocol.Record]:
 def _ringed(ctx: zmq.Context, endpoint: str, front, pid: int) -> RawWorker:
     raw = RawWorker(ctx, endpoint, pid)
     front.wait_for_log(rf"Worker {pid}@\S+ connected")
-    raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
-    raw.send(raw.ring.offer(os.getpid()))
-    front.wait_for_log(rf"Worker {pid}@\S+ shares a body ring")
+    raw.share_ring(front)
     return raw
 
 
@@ -595,9 +599,7 @@ def test_a_raw_worker_gets_every_frame_through_its_pipe_after_piped(stack):
     raw = RawWorker(ctx, endpoint, 4501)
     try:
         front.wait_for_log(r"Worker 4501@\S+ connected")
-        raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
-        raw.send(raw.ring.offer(os.getpid()))
-        front.wait_for_log(r"Worker 4501@\S+ shares a body ring")
+        raw.share_ring(front)
         raw.offer_pipe()
         front.wait_for_log(r"Worker 4501@\S+ reads the front's frames from a pipe")
         kinds = _serve_one(raw, port)
@@ -628,9 +630,7 @@ def test_a_pipe_offer_that_fails_a_check_is_refused_and_frames_go_through_the_so
     try:
         front.wait_for_log(r"Worker 4601@\S+ connected")
         if case != "no ring":
-            raw.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
-            raw.send(raw.ring.offer(os.getpid()))
-            front.wait_for_log(r"Worker 4601@\S+ shares a body ring")
+            raw.share_ring(front)
         if case == "no ring":
             raw.offer_pipe()
             reason = "it shares no body ring"
@@ -649,9 +649,7 @@ def test_a_pipe_offer_that_fails_a_check_is_refused_and_frames_go_through_the_so
         else:
             owner = RawWorker(ctx, endpoint, 4602)
             front.wait_for_log(r"Worker 4602@\S+ connected")
-            owner.ring = WorkerRing(2, RawWorker.WINDOW, 262144)
-            owner.send(owner.ring.offer(os.getpid()))
-            front.wait_for_log(r"Worker 4602@\S+ shares a body ring")
+            owner.share_ring(front)
             owner.offer_pipe()
             front.wait_for_log(r"Worker 4602@\S+ reads the front's frames from a pipe")
             assert owner.pipe is not None
