@@ -589,6 +589,20 @@ def test_a_local_worker_reads_the_fronts_frames_from_a_pipe(stack, worker_class)
     _hello(port)
 
 
+def test_frame_pipes_off_on_a_worker_or_a_front_keep_the_frames_on_the_socket(stack):
+    """``--frame-pipes off`` on the worker: it offers no pipes; on the front: it takes
+    none (and refuses nothing). Either way the ring is shared, an upload arrives whole
+    and a GET is served, through the socket."""
+    front, _, port = stack.serve(handler_args=("--frame-pipes", "off"))
+    other, _, other_port = stack.serve(front_args=("--frame-pipes", "off"))
+    for proc, at in ((front, port), (other, other_port)):
+        proc.wait_for_log(r"shares a body ring")
+        _check(at, os.urandom(1 << 20))
+        _hello(at)
+        log = proc.log()
+        assert "reads the front's frames" not in log and "Refused the pipes" not in log
+
+
 def test_a_raw_worker_gets_every_frame_through_its_pipe_after_piped(stack):
     """1. a raw worker offers a ring, then a pipe: PIPED comes through the socket, and
     from then on every record (REQUEST, BODY_AT, END, HEARTBEAT) through the pipe; an upload

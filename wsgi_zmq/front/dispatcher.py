@@ -506,6 +506,7 @@ class Dispatcher:
         # the workers' body rings by (device, inode): no two workers share one
         self.rings: dict[tuple[int, int], Peer] = {}
         self.take_rings = bool(cfg.body_ring)
+        self.take_pipes = bool(cfg.frame_pipes)
         self.ring_bytes = 0  # of request bodies that went through rings (the metrics)
         self.host = socket.gethostname()
         # pools an operator drained (``ctl drain POOL``): their workers, including those
@@ -1486,6 +1487,8 @@ class Dispatcher:
         except ProtocolError as exc:
             self.malformed.warning("Dropped a malformed PIPE from %r: %s", peer, exc)
             return
+        if not self.take_pipes:
+            return  # frame_pipes off: the worker's frames keep to the socket
         ring = peer.ring
         if ring is None or pid != ring.pid or peer.pipe is not None:
             self.refused_rings.warning(

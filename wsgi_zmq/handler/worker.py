@@ -865,6 +865,8 @@ class Worker:
         self.send(front, [front.ring.offer(self.pid)])
         # and the two frame pipes, in a frame of their own too
         self.close_pipe(front)
+        if not self.cfg.frame_pipes:
+            return
         try:
             front.pipe = WorkerPipe()
         except OSError as exc:
