@@ -380,8 +380,9 @@ class FrameReader:
     def frames(self, budget: int = 1 << 62) -> tuple[list[bytes], bool]:
         """Read what the pipe holds (about ``budget`` bytes at most): its whole frames, and
         whether the writer closed its end. Raises ``ProtocolError`` for a frame longer than
-        ``limit``."""
-        buffer = self.buffer
+        ``limit``. A read that holds only whole frames (the usual case) is cut into them
+        directly; only the part of a frame that has not all come is kept."""
+        parts = []
         ended = False
         taken = 0
         try:
@@ -390,26 +391,42 @@ class FrameReader:
                 if not data:
                     ended = True
                     break
-                buffer += data
+                parts.append(data)
                 taken += len(data)
                 if len(data) < _PIPE_READ:
                     break
         except BlockingIOError:
             pass
+        buffer = self.buffer
+        if buffer:
+            for data in parts:
+                buffer += data
+            if len(buffer) < _FRAME_HEAD_SIZE:
+                return [], ended
+            (length,) = _unpack_frame_head(buffer, 0)
+            if length > self.limit:
+                raise ProtocolError(f"a frame of {length} bytes in the pipe")
+            if _FRAME_HEAD_SIZE + length > len(buffer):
+                return [], ended  # its first frame has not all come: copy nothing yet
+            data = bytes(buffer)
+        elif len(parts) == 1:
+            data = parts[0]
+        else:
+            data = b"".join(parts)
         frames = []
         pos = 0
-        size = len(buffer)
+        size = len(data)
+        limit = self.limit
         while pos + _FRAME_HEAD_SIZE <= size:
-            (length,) = _unpack_frame_head(buffer, pos)
-            if length > self.limit:
+            (length,) = _unpack_frame_head(data, pos)
+            if length > limit:
                 raise ProtocolError(f"a frame of {length} bytes in the pipe")
             start = pos + _FRAME_HEAD_SIZE
             if start + length > size:
                 break
-            frames.append(bytes(buffer[start:start + length]))
+            frames.append(data[start:start + length])
             pos = start + length
-        if pos:
-            del buffer[:pos]
+        self.buffer = bytearray(data[pos:]) if pos < size else bytearray()
         return frames, ended
 
     def close(self) -> None:
@@ -507,7 +524,16 @@ def write_frame(fd: int, frame: bytes, timeout: float) -> bool:
     """Write ``frame`` after its length, waiting for the pipe to drain if it must (the sync
     worker's way: it has no loop to write later); False if the reader's end is closed, or
     the pipe did not drain within ``timeout`` seconds."""
-    return _write_all(fd, memoryview(_frame_head(len(frame)) + frame), timeout)
+    head = _frame_head(len(frame))
+    try:
+        written = os.writev(fd, (head, frame))
+    except BlockingIOError:
+        written = 0
+    except OSError:
+        return False
+    if written == _FRAME_HEAD_SIZE + len(frame):
+        return True
+    return _write_all(fd, memoryview(head + frame)[written:], timeout)  # the pipe was full
 
 
 def _write_all(fd: int, data: memoryview, timeout: float) -> bool:

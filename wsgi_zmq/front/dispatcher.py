@@ -1134,7 +1134,7 @@ class Dispatcher:
                     self._drop(peer, "its connection is gone")
                 continue
             if peer.pipe is not None:
-                if not peer.pipe.send(b"".join((_VERSION_BYTE, *records))):
+                if not peer.pipe.writer.send(b"".join((_VERSION_BYTE, *records))):
                     self._drop(peer, "its pipe closed")
                 continue
             try:
