@@ -1696,9 +1696,10 @@ class FramePipes(Setting):
     write into a pipe wakes the receiver's thread at once. The worker offers the pipes with
     its ring, and the front takes them only from the process whose ring it took, after
     checking that each is a pipe of its own user (``docs/protocol.md``, "The frame
-    pipes"). Uploads took 0.63-1.07x the time with the pipes as without, hello world
-    1.04-1.11x the requests per second (the README's "Big uploads"). ``off`` on a worker
-    offers none; on a front, takes none. Needs ``body_ring``.
+    pipes"). Uploads took 0.65-0.91x the time with the pipes as with ``off``, hello world
+    1.04-1.11x the requests per second of the code before them (the README's "Big
+    uploads"). ``off`` on a worker offers none; on a front, takes none. Needs
+    ``body_ring``.
     """
 
 class LogLevel(Setting):
