@@ -679,9 +679,6 @@ class PeerPipe:
     def broken(self) -> bool:
         return self.writer.broken
 
-    def send(self, frame: bytes) -> bool:
-        return self.writer.send(frame)
-
     def start_reading(self, on_readable: Callable[[], None]) -> None:
         self.reading = True
         self.watcher.start(on_readable)

@@ -1155,7 +1155,7 @@ class Dispatcher:
             self._drop(peer, "its connection is gone")
             return False
         if peer.pipe is not None:
-            if peer.pipe.send(protocol.frame(pending + records)):
+            if peer.pipe.writer.send(protocol.frame(pending + records)):
                 return True
             self._drop(peer, "its pipe closed")
             return False
